@@ -1,0 +1,198 @@
+import { AsyncLocalStorage } from "node:async_hooks";
+import { sql } from "kysely";
+import { isUuid } from "../ids.ts";
+import type { Engine, TransactionSetup } from "./engines.ts";
+import { bindTransaction, type Tx } from "./kysely.ts";
+import { type MigrationFile, migrate, pendingMigrations, readMigrations } from "./migrate.ts";
+import { assertRuntimeRoleSafe } from "./runtime-role.ts";
+
+/** Who a transaction acts for. The tenant is set on the transaction; row-level security does the rest. */
+export interface TenantContext {
+  tenantId: string;
+  /** A pseudonymous actor id (a membership, API key or system actor); empty when anonymous. */
+  actorId?: string;
+  requestId?: string;
+}
+
+export interface PlatformContext {
+  actorId?: string;
+  requestId?: string;
+}
+
+/** One read-only REPEATABLE READ view over every tenant and the platform tables. */
+export interface Snapshot {
+  /** The platform view: tenant tables show no rows here. */
+  tx: Tx;
+  tenantIds(): Promise<string[]>;
+  /** Visits each tenant in turn inside the same snapshot, with that tenant set. */
+  forEachTenant(fn: (tenantId: string, tx: Tx) => Promise<void>): Promise<void>;
+}
+
+/** Written after a transaction rolled back, in its own short platform transaction. */
+export type FailureRecord = (tx: Tx) => Promise<void>;
+
+interface Frame {
+  kind: "tenant" | "platform" | "snapshot";
+  tx: Tx;
+  failureRecords: FailureRecord[];
+}
+
+export class NestedTransactionError extends Error {
+  override name = "NestedTransactionError";
+}
+
+export interface Database {
+  readonly kind: Engine["kind"];
+  withTenant<T>(ctx: TenantContext, fn: (tx: Tx) => Promise<T>): Promise<T>;
+  withPlatform<T>(fn: (tx: Tx) => Promise<T>, ctx?: PlatformContext): Promise<T>;
+  withSnapshot<T>(fn: (snapshot: Snapshot) => Promise<T>): Promise<T>;
+  /**
+   * Registers something to write even though the current transaction fails (a denial, a failed sign-in):
+   * it runs in its own short platform transaction after the rollback. Outside a transaction it throws.
+   */
+  recordOnFailure(record: FailureRecord): void;
+  /** Applies pending migrations as charter_owner; returns how many ran. */
+  migrate(): Promise<number>;
+  /** Migrations that the code has and the database does not (empty when current). */
+  pendingMigrations(): Promise<MigrationFile[]>;
+  close(): Promise<void>;
+}
+
+function checkId(name: string, value: string): string {
+  if (value !== "" && !isUuid(value)) throw new TypeError(`${name} must be a UUID, got "${value}"`);
+  return value;
+}
+
+function checkRequestId(value: string): string {
+  if (value.length > 200) throw new TypeError("requestId is longer than 200 characters");
+  return value;
+}
+
+export interface DatabaseOptions {
+  migrations?: MigrationFile[];
+}
+
+/** Wraps an engine with the tenancy rules: context per transaction, no nesting, failure records. */
+export function createDatabase(engine: Engine, options: DatabaseOptions = {}): Database {
+  const frames = new AsyncLocalStorage<Frame>();
+  const migrations = options.migrations ?? readMigrations();
+
+  async function run<T>(kind: Frame["kind"], setup: TransactionSetup, fn: (tx: Tx) => Promise<T>): Promise<T> {
+    const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [] };
+    try {
+      return await engine.transaction(setup, (runner) => {
+        const bound = bindTransaction(runner);
+        frame.tx = bound.tx;
+        return frames.run(frame, () => fn(bound.tx)).finally(bound.end);
+      });
+    } catch (error) {
+      for (const record of frame.failureRecords) {
+        try {
+          await run("platform", { ...setup, tenantId: "", snapshot: false }, record);
+        } catch (recordError) {
+          throw new AggregateError([error, recordError], "a failure record could not be written");
+        }
+      }
+      throw error;
+    }
+  }
+
+  function refuseNesting(what: string): void {
+    const open = frames.getStore();
+    if (open) {
+      throw new NestedTransactionError(
+        `${what} called inside an open ${open.kind} transaction: pass the transaction down instead`,
+      );
+    }
+  }
+
+  return {
+    kind: engine.kind,
+    withTenant(ctx, fn) {
+      refuseNesting("withTenant");
+      if (!isUuid(ctx.tenantId)) throw new TypeError(`tenantId must be a UUID, got "${ctx.tenantId}"`);
+      return run(
+        "tenant",
+        {
+          tenantId: ctx.tenantId,
+          actorId: checkId("actorId", ctx.actorId ?? ""),
+          requestId: checkRequestId(ctx.requestId ?? ""),
+          snapshot: false,
+        },
+        fn,
+      );
+    },
+    withPlatform(fn, ctx = {}) {
+      const open = frames.getStore();
+      // The one allowed nesting: platform work inside a tenant request joins its transaction.
+      if (open?.kind === "tenant") return fn(open.tx);
+      refuseNesting("withPlatform");
+      return run(
+        "platform",
+        {
+          tenantId: "",
+          actorId: checkId("actorId", ctx.actorId ?? ""),
+          requestId: checkRequestId(ctx.requestId ?? ""),
+          snapshot: false,
+        },
+        fn,
+      );
+    },
+    withSnapshot(fn) {
+      refuseNesting("withSnapshot");
+      return run("snapshot", { tenantId: "", actorId: "", requestId: "", snapshot: true }, async (tx) => {
+        const setTenant = (id: string) => sql`SELECT set_config('app.tenant_id', ${id}, true)`.execute(tx);
+        const tenantIds = async () =>
+          (await tx.selectFrom("tenants").select("id").orderBy("id").execute()).map((row) => row.id);
+        return fn({
+          tx,
+          tenantIds,
+          async forEachTenant(visit) {
+            for (const id of await tenantIds()) {
+              await setTenant(id);
+              try {
+                await visit(id, tx);
+              } finally {
+                await setTenant("");
+              }
+            }
+          },
+        });
+      });
+    },
+    recordOnFailure(record) {
+      const open = frames.getStore();
+      if (!open) throw new Error("recordOnFailure needs an open transaction");
+      open.failureRecords.push(record);
+    },
+    async migrate() {
+      const count = await engine.withOwnerSession((session) => migrate(session, migrations));
+      await engine.afterMigrate();
+      return count;
+    },
+    async pendingMigrations() {
+      const applied = await this.withPlatform((tx) =>
+        tx.selectFrom("schema_migrations").select(["version", "name", "checksum"]).orderBy("version").execute(),
+      );
+      return pendingMigrations(migrations, applied);
+    },
+    close: () => engine.close(),
+  };
+}
+
+/**
+ * Opens a database for serving: migrates (fail closed on any history mismatch), then refuses to go on if
+ * the role that runs requests could bypass row-level security.
+ */
+export async function openDatabase(engine: Engine, options: DatabaseOptions & { migrate?: boolean } = {}) {
+  const db = createDatabase(engine, options);
+  try {
+    if (options.migrate ?? true) await db.migrate();
+    else await engine.afterMigrate();
+    await assertRuntimeRoleSafe(db);
+    return db;
+  } catch (error) {
+    await db.close();
+    throw error;
+  }
+}

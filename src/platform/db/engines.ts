@@ -1,0 +1,223 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
+import pg from "pg";
+import { acquireDataDirLock } from "./lock.ts";
+import type { OwnerSession } from "./migrate.ts";
+import { APP_ROLE } from "./roles.ts";
+import type { QueryRunner } from "./runner.ts";
+
+/** What every transaction is opened with: its tenant (or none), actor and request, and its kind. */
+export interface TransactionSetup {
+  /** Empty for platform transactions: tenant tables then show no rows. */
+  tenantId: string;
+  actorId: string;
+  requestId: string;
+  /** A read-only REPEATABLE READ transaction (backups, full exports). */
+  snapshot: boolean;
+}
+
+/** The driver-specific half of the database: transactions, the owner session and shutdown. */
+export interface Engine {
+  readonly kind: "pglite" | "postgres";
+  transaction<T>(setup: TransactionSetup, fn: (runner: QueryRunner) => Promise<T>): Promise<T>;
+  withOwnerSession<T>(fn: (session: OwnerSession) => Promise<T>): Promise<T>;
+  /** Called once migrations are done: PGlite drops its superuser session to the runtime role here. */
+  afterMigrate(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Enters the runtime role and sets the tenant context in one statement, local to the transaction.
+ * `set_config('role', …, true)` is `SET LOCAL ROLE`; this file is the only place allowed to write it.
+ */
+export const SETUP_SQL = `SELECT set_config('role', '${APP_ROLE}', true), set_config('app.tenant_id', $1, true), set_config('app.actor_id', $2, true), set_config('app.request_id', $3, true)`;
+
+const setupParams = (s: TransactionSetup) => [s.tenantId, s.actorId, s.requestId];
+
+/** BIGINT as a JavaScript number, refusing values that a number cannot hold exactly. */
+function parseBigint(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`bigint ${text} exceeds the safe integer range`);
+  return n;
+}
+
+const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE"]);
+
+export function postgresEngine(options: {
+  ownerUrl: string;
+  runtimeUrl: string | undefined;
+  poolSize?: number;
+}): Engine {
+  const types = {
+    getTypeParser: ((oid: number, format?: "text" | "binary") =>
+      oid === 20 ? parseBigint : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
+  };
+  const pool = new pg.Pool({
+    connectionString: options.runtimeUrl ?? options.ownerUrl,
+    max: options.poolSize ?? 10,
+    types,
+    // Pipelining sends BEGIN, the context statement and the first query in one flight (no extra round trips).
+    pipeline: true,
+  } as pg.PoolConfig);
+  // An idle client that loses its connection must not crash the process; the pool replaces it.
+  pool.on("error", () => {});
+
+  async function transaction<T>(setup: TransactionSetup, fn: (runner: QueryRunner) => Promise<T>): Promise<T> {
+    const client = await pool.connect();
+    const begin = setup.snapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN";
+    let setupError: unknown;
+    const ready = Promise.all([client.query(begin), client.query(SETUP_SQL, setupParams(setup))]).then(
+      () => undefined,
+      (error: unknown) => {
+        setupError = error;
+      },
+    );
+    const runner: QueryRunner = {
+      query: async (sql, params) => {
+        const result = await client.query(sql, params as unknown[]);
+        return {
+          rows: result.rows,
+          affectedRows: WRITE_COMMANDS.has(result.command) ? (result.rowCount ?? undefined) : undefined,
+        };
+      },
+    };
+    try {
+      const value = await fn(runner);
+      await ready;
+      if (setupError) throw setupError;
+      const commit = await client.query("COMMIT");
+      // COMMIT of a transaction in which a statement failed answers ROLLBACK instead of an error.
+      if (commit.command !== "COMMIT") throw new Error("the transaction was rolled back: a statement in it failed");
+      client.release();
+      return value;
+    } catch (error) {
+      await ready;
+      try {
+        await client.query("ROLLBACK");
+        client.release();
+      } catch (rollbackError) {
+        client.release(rollbackError as Error);
+      }
+      throw setupError ?? error;
+    }
+  }
+
+  return {
+    kind: "postgres",
+    transaction,
+    async withOwnerSession(fn) {
+      const client = new pg.Client({ connectionString: options.ownerUrl, types });
+      await client.connect();
+      try {
+        return await fn({
+          query: async (sql, params) => (await client.query(sql, params)).rows,
+          applyInTransaction: async (sql, record) => {
+            await client.query("BEGIN");
+            try {
+              await client.query(sql);
+              await client.query(record.sql, record.params);
+              await client.query("COMMIT");
+            } catch (error) {
+              await client.query("ROLLBACK");
+              throw error;
+            }
+          },
+        });
+      } finally {
+        await client.end();
+      }
+    },
+    afterMigrate: async () => {},
+    close: () => pool.end(),
+  };
+}
+
+function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
+  return {
+    kind: "pglite",
+    transaction(setup, fn) {
+      return pglite.transaction(async (tx) => {
+        if (setup.snapshot) await tx.exec("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+        await tx.query(SETUP_SQL, setupParams(setup));
+        return fn({
+          query: async (sql, params) => {
+            const result = await tx.query(sql, params as unknown[]);
+            return { rows: result.rows as never[], affectedRows: result.affectedRows };
+          },
+        });
+      });
+    },
+    withOwnerSession(fn) {
+      return fn({
+        query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],
+        applyInTransaction: async (sql, record) => {
+          await pglite.transaction(async (tx) => {
+            await tx.exec(sql);
+            await tx.query(record.sql, record.params);
+          });
+        },
+      });
+    },
+    // PGlite's session user is always a superuser: after migrating the whole session drops to the runtime role.
+    afterMigrate: async () => {
+      await pglite.exec(`SET ROLE ${APP_ROLE}`);
+    },
+    async close() {
+      try {
+        await pglite.close();
+      } finally {
+        onClose();
+      }
+    },
+  };
+}
+
+const pgliteParsers = { 20: parseBigint };
+
+/** The embedded database in `dataDir/db`, held by this process alone through a lock file. */
+export async function pgliteEngine(dataDir: string): Promise<Engine> {
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const lock = acquireDataDirLock(join(dataDir, "db.lock"));
+  try {
+    const pglite = new PGlite({ dataDir: join(dataDir, "db"), parsers: pgliteParsers });
+    await pglite.waitReady;
+    return pgliteEngineFrom(pglite, lock.release);
+  } catch (error) {
+    lock.release();
+    throw error;
+  }
+}
+
+/**
+ * An in-memory PGlite loaded from a dump of a data directory (tests load a migrated template this way),
+ * with a superuser door for tests that must break something on purpose.
+ */
+export async function pgliteEngineFromDump(
+  dump: Blob,
+): Promise<{ engine: Engine; superuser: (sql: string) => Promise<unknown[]> }> {
+  const pglite = new PGlite({ loadDataDir: dump, parsers: pgliteParsers });
+  await pglite.waitReady;
+  const superuser = async (sql: string) => {
+    await pglite.exec("RESET ROLE");
+    try {
+      const results = await pglite.exec(sql);
+      return results.at(-1)?.rows ?? [];
+    } finally {
+      await pglite.exec(`SET ROLE ${APP_ROLE}`);
+    }
+  };
+  return { engine: pgliteEngineFrom(pglite, () => {}), superuser };
+}
+
+/** Dumps a fresh in-memory PGlite after `prepare` ran on it (used to build the migrated test template). */
+export async function dumpFreshPglite(prepare: (engine: Engine) => Promise<void>): Promise<Blob> {
+  const pglite = new PGlite({ parsers: pgliteParsers });
+  await pglite.waitReady;
+  const engine = pgliteEngineFrom(pglite, () => {});
+  await prepare(engine);
+  await pglite.exec("RESET ROLE");
+  const dump = await pglite.dumpDataDir("none");
+  await pglite.close();
+  return dump;
+}

@@ -1,0 +1,44 @@
+import type { Clock } from "../clock.ts";
+import type { Database, Tx } from "../db/index.ts";
+import { uuidv7 } from "../ids.ts";
+
+export interface NewTenant {
+  slug: string;
+  name: string;
+  timeZone?: string;
+  locale?: string;
+}
+
+export interface Tenant {
+  id: string;
+  slug: string;
+  name: string;
+  status: "active" | "suspended";
+  createdAt: Date;
+}
+
+/** Creates a tenant in the platform registry and its settings row inside the new tenant's context. */
+export async function createTenant(db: Database, clock: Clock, input: NewTenant): Promise<Tenant> {
+  const id = uuidv7(clock.now().getTime());
+  const now = clock.now();
+  // One tenant transaction holds both rows: the registry row joins it through withPlatform.
+  return db.withTenant({ tenantId: id }, async (tx) => {
+    const tenant = await db.withPlatform((ptx) =>
+      ptx
+        .insertInto("tenants")
+        .values({ id, slug: input.slug, name: input.name, status: "active", created_at: now })
+        .returningAll()
+        .executeTakeFirstOrThrow(),
+    );
+    await tx
+      .insertInto("tenant_settings")
+      .values({ tenant_id: id, time_zone: input.timeZone ?? "UTC", locale: input.locale ?? "en", updated_at: now })
+      .execute();
+    return { id, slug: tenant.slug, name: tenant.name, status: tenant.status, createdAt: tenant.created_at };
+  });
+}
+
+export async function findTenant(tx: Tx, id: string): Promise<Tenant | undefined> {
+  const row = await tx.selectFrom("tenants").selectAll().where("id", "=", id).executeTakeFirst();
+  return row && { id: row.id, slug: row.slug, name: row.name, status: row.status, createdAt: row.created_at };
+}
