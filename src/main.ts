@@ -1,0 +1,107 @@
+import { Command } from "commander";
+import { type Config, ConfigError, loadConfig } from "./config.ts";
+import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
+import { MasterKeyError } from "./platform/crypto/master-key.ts";
+import { DataDirError } from "./platform/data-dir.ts";
+import {
+  createDatabase,
+  type Database,
+  DataDirLocked,
+  engineFor,
+  MigrationError,
+  UnsafeRuntimeRoleError,
+} from "./platform/db/index.ts";
+import { controlSocketPath, runDoctor, runMigrate, startServer } from "./server.ts";
+
+/** Errors that are the user's to fix: printed as one line, never as a stack trace. */
+const USER_ERRORS = [ConfigError, MasterKeyError, DataDirError, MigrationError, UnsafeRuntimeRoleError, DataDirLocked];
+
+function fail(error: unknown): never {
+  const known = USER_ERRORS.some((type) => error instanceof type);
+  const message = error instanceof Error ? error.message : String(error);
+  process.stderr.write(`charter: ${message}\n`);
+  if (!known && process.env.LOG_LEVEL === "debug" && error instanceof Error) process.stderr.write(`${error.stack}\n`);
+  process.exit(known ? 2 : 1);
+}
+
+function config(): Config {
+  try {
+    return loadConfig();
+  } catch (error) {
+    fail(error);
+  }
+}
+
+/**
+ * Runs a maintenance command on the database. When the server holds the embedded database, the command runs
+ * inside the server through its control socket instead, so the service never has to stop for it.
+ */
+async function maintenance(
+  name: string,
+  cfg: Config,
+  run: (db: Database) => Promise<CommandResult>,
+): Promise<CommandResult> {
+  let engine: Awaited<ReturnType<typeof engineFor>>;
+  try {
+    engine = await engineFor(cfg);
+  } catch (error) {
+    if (!(error instanceof DataDirLocked)) throw error;
+    try {
+      return await callControlSocket(controlSocketPath(cfg), name);
+    } catch {
+      throw new Error(`${error.message}, and its control socket does not answer: is another charter command running?`);
+    }
+  }
+  const db = createDatabase(engine);
+  try {
+    return await run(db);
+  } finally {
+    await db.close();
+  }
+}
+
+function report(result: CommandResult): never {
+  (result.exitCode === 0 ? process.stdout : process.stderr).write(`${result.output}\n`);
+  process.exit(result.exitCode);
+}
+
+const program = new Command()
+  .name("charter")
+  .description("Charter: multi-tenant CRM and workflow automation with executable privacy and security promises")
+  .showHelpAfterError();
+
+program
+  .command("start")
+  .description("run the server (migrates the database first)")
+  .action(async () => {
+    const cfg = config();
+    const server = await startServer(cfg).catch(fail);
+    process.stdout.write(`charter: serving on ${server.url} (public URL ${cfg.publicUrl.origin})\n`);
+    const stop = (signal: string) => {
+      process.stdout.write(`charter: ${signal}: draining requests, then closing the database\n`);
+      server.shutdown().then(
+        () => process.exit(0),
+        (error) => fail(error),
+      );
+    };
+    process.once("SIGTERM", () => stop("SIGTERM"));
+    process.once("SIGINT", () => stop("SIGINT"));
+  });
+
+program
+  .command("migrate")
+  .description("apply pending database migrations")
+  .action(async () => {
+    const cfg = config();
+    report(await maintenance("migrate", cfg, runMigrate).catch(fail));
+  });
+
+program
+  .command("doctor")
+  .description("check the controls that keep Charter's promises; exit code 0 only when all pass")
+  .action(async () => {
+    const cfg = config();
+    report(await maintenance("doctor", cfg, (db) => runDoctor(db, cfg)).catch(fail));
+  });
+
+await program.parseAsync(process.argv);

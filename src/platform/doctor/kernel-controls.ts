@@ -1,0 +1,112 @@
+import { X509Certificate } from "node:crypto";
+import { readFileSync, statSync } from "node:fs";
+import { isIP } from "node:net";
+import { keyFileCheck } from "../crypto/master-key.ts";
+import { prepareDataDir } from "../data-dir.ts";
+import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
+import type { Control } from "./controls.ts";
+
+const runtimeRole: Control = {
+  id: "db.runtime-role",
+  title: "Requests run as a role that cannot bypass row-level security",
+  promises: ["T1"],
+  period: "PT1H",
+  async check({ db }) {
+    const report = await inspectRuntimeRole(db);
+    const problems = runtimeRoleProblems(report);
+    return problems.length > 0
+      ? { ok: false, evidence: problems.join("; ") }
+      : {
+          ok: true,
+          evidence: `requests run as ${report.role}: not a superuser, no BYPASSRLS, owns no tenant tables, cannot become a privileged role`,
+        };
+  },
+};
+
+const tenancyCatalog: Control = {
+  id: "db.tenancy-catalog",
+  title: "Every table follows the tenancy rules",
+  promises: ["T1", "T8"],
+  period: "PT1H",
+  async check({ db }) {
+    const violations = await db.withPlatform((tx) => catalogViolations(tx, PLATFORM_TABLES));
+    return violations.length > 0
+      ? { ok: false, evidence: violations.join("; ") }
+      : {
+          ok: true,
+          evidence:
+            "every tenant table forces row-level security with the tenant policy; keys, unique constraints and foreign keys include tenant_id",
+        };
+  },
+};
+
+const migrations: Control = {
+  id: "db.migrations",
+  title: "The database schema is the one this version expects",
+  promises: ["T1"],
+  period: "PT1H",
+  async check({ db }) {
+    const pending = await db.pendingMigrations();
+    return pending.length > 0
+      ? { ok: false, evidence: `${pending.length} migrations pending: run charter migrate` }
+      : { ok: true, evidence: "all migrations applied, checksums match" };
+  },
+};
+
+const masterKeyFile: Control = {
+  id: "keys.master-key",
+  title: "The master key is kept apart from the database, readable by the service alone",
+  promises: ["E4"],
+  period: "PT1H",
+  async check({ config }) {
+    return keyFileCheck(config.masterKey, prepareDataDir(config.dataDir));
+  },
+};
+
+const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+const tlsSettings: Control = {
+  id: "tls.settings",
+  title: "Traffic is encrypted with TLS 1.2 or higher",
+  promises: ["E1"],
+  period: "P1D",
+  async check({ config }) {
+    const { tls, publicUrl, trustedProxies } = config;
+    if (!tls) {
+      if (
+        LOOPBACK_HOSTS.has(publicUrl.hostname) ||
+        (isIP(publicUrl.hostname) && publicUrl.hostname.startsWith("127."))
+      ) {
+        return { ok: true, evidence: `plain HTTP on a loopback address (${publicUrl.host}): development only` };
+      }
+      if (publicUrl.protocol === "https:" && trustedProxies.length > 0) {
+        return {
+          ok: true,
+          evidence: `TLS terminated by the trusted proxy (${trustedProxies.join(", ")}) in front of ${publicUrl.origin}`,
+        };
+      }
+      return {
+        ok: false,
+        evidence: `${publicUrl.origin} is served without TLS: set CHARTER_TLS_CERT and CHARTER_TLS_KEY, or terminate TLS at a proxy named in CHARTER_TRUSTED_PROXIES with an https PUBLIC_URL`,
+      };
+    }
+    const cert = new X509Certificate(readFileSync(tls.certPath));
+    const expires = new Date(cert.validTo);
+    if (expires.getTime() < Date.now()) {
+      return { ok: false, evidence: `the certificate ${tls.certPath} expired on ${expires.toISOString()}` };
+    }
+    const keyMode = statSync(tls.keyPath).mode & 0o777;
+    if (keyMode & 0o077) {
+      return {
+        ok: false,
+        evidence: `the TLS key ${tls.keyPath} is accessible to group or others (mode ${keyMode.toString(8)}): chmod 600`,
+      };
+    }
+    return {
+      ok: true,
+      evidence: `HTTPS served directly, minimum ${tls.minVersion}, HSTS on; certificate for ${cert.subject.replaceAll("\n", ", ")} valid until ${expires.toISOString()}`,
+    };
+  },
+};
+
+export const KERNEL_CONTROLS: Control[] = [runtimeRole, tenancyCatalog, migrations, masterKeyFile, tlsSettings];

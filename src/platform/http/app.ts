@@ -1,0 +1,364 @@
+import helmet from "@fastify/helmet";
+import swagger from "@fastify/swagger";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import {
+  hasZodFastifySchemaValidationErrors,
+  jsonSchemaTransform,
+  jsonSchemaTransformObject,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from "fastify-type-provider-zod";
+import FindMyWay from "find-my-way";
+import type { Config } from "../../config.ts";
+import type { Clock } from "../clock.ts";
+import type { Database } from "../db/index.ts";
+import { isUuid, uuidv7 } from "../ids.ts";
+import type { RateLimiter } from "../ratelimit/limiter.ts";
+import { isFeatureEnabled } from "../tenancy/features.ts";
+import { findTenant } from "../tenancy/tenants.ts";
+import { HttpProblem, type ProblemSlug, problemBody } from "./problem.ts";
+import { type AnyRoute, CONTENT_TYPES, type ContentType, type Principal } from "./routes.ts";
+
+/** How the identity module tells the kernel who is calling and what they may do. */
+export interface AccessControl {
+  principal(request: FastifyRequest): Promise<Principal | null>;
+  allows(principal: Principal, tenantId: string, permission: string): Promise<boolean>;
+}
+
+/** Until an identity module is installed nobody is signed in, so every protected route is refused. */
+export const noAccessControl: AccessControl = {
+  principal: async () => null,
+  allows: async () => false,
+};
+
+export interface AppDeps {
+  config: Pick<Config, "trustedProxies" | "logLevel" | "rateLimit" | "tls" | "publicUrl">;
+  db: Database;
+  clock: Clock;
+  rateLimiter: RateLimiter;
+  routes: AnyRoute[];
+  accessControl?: AccessControl;
+  /** TLS material read from the configured files; HTTPS and HSTS when present. */
+  https?: { key: Buffer; cert: Buffer; minVersion: "TLSv1.2" | "TLSv1.3" };
+  /** Log output; `false` silences logs (tests). */
+  log?: boolean;
+}
+
+const DEFAULT_BODY_LIMIT = 1024 * 1024;
+
+interface CharterRequestState {
+  principal: Principal | null;
+  tenantId: string | undefined;
+  rawBody: Buffer | undefined;
+}
+
+declare module "fastify" {
+  interface FastifyRequest {
+    charter: CharterRequestState;
+  }
+  interface FastifyContextConfig {
+    charterRoute?: AnyRoute;
+  }
+}
+
+function sendProblem(
+  reply: FastifyReply,
+  request: FastifyRequest,
+  slug: ProblemSlug,
+  detail?: string,
+  extra: Pick<HttpProblem, "headers" | "errors"> = { headers: {}, errors: undefined },
+) {
+  const body = problemBody(slug, {
+    ...(detail ? { detail } : {}),
+    instance: request.url.split("?")[0],
+    requestId: request.id,
+    ...(extra.errors ? { errors: extra.errors } : {}),
+  });
+  return reply.code(body.status).headers(extra.headers).type("application/problem+json").send(body);
+}
+
+/** Fastify's own client errors, by code, as problem types. */
+const FASTIFY_ERRORS: Record<string, ProblemSlug> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: "payload-too-large",
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: "unsupported-media-type",
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: "bad-request",
+  FST_ERR_CTP_EMPTY_JSON_BODY: "bad-request",
+  FST_ERR_CTP_INVALID_JSON_BODY: "bad-request",
+  FST_ERR_VALIDATION: "validation",
+  FST_ERR_BAD_URL: "bad-request",
+  FST_ERR_ASYNC_CONSTRAINT: "bad-request",
+};
+
+function mediaType(request: FastifyRequest): string | undefined {
+  return request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
+}
+
+/** Builds the HTTP surface: every route comes from the registry with a declared permission. */
+export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  const access = deps.accessControl ?? noAccessControl;
+  const app = Fastify({
+    ...(deps.https ? { https: { key: deps.https.key, cert: deps.https.cert, minVersion: deps.https.minVersion } } : {}),
+    trustProxy: deps.config.trustedProxies.length > 0 ? deps.config.trustedProxies : false,
+    bodyLimit: DEFAULT_BODY_LIMIT,
+    genReqId: () => uuidv7(),
+    requestIdHeader: false,
+    forceCloseConnections: "idle",
+    return503OnClosing: true,
+    logger:
+      deps.log === false
+        ? false
+        : {
+            level: deps.config.logLevel,
+            // Logs carry no personal data (L5): no addresses, headers, query strings or bodies.
+            serializers: {
+              req: (req) => ({ id: req.id, method: req.method, path: req.url.split("?")[0] }),
+              res: (res) => ({ statusCode: res.statusCode }),
+            },
+            redact: { paths: ["req.headers", "headers.authorization", "headers.cookie"], remove: true },
+          },
+  }).withTypeProvider<ZodTypeProvider>();
+
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  app.decorateRequest("charter", null as unknown as CharterRequestState);
+
+  // Body parsers: JSON and form-encoded only, each keeping the raw bytes for routes that verify signatures.
+  app.removeAllContentTypeParsers();
+  const parseJson = app.getDefaultJsonParser("error", "error");
+  app.addContentTypeParser("application/json", { parseAs: "buffer" }, (request, body, done) => {
+    if (request.routeOptions.config.charterRoute?.rawBody) request.charter.rawBody = body as Buffer;
+    parseJson(request, (body as Buffer).toString("utf8"), done);
+  });
+  app.addContentTypeParser("application/x-www-form-urlencoded", { parseAs: "buffer" }, (request, body, done) => {
+    if (request.routeOptions.config.charterRoute?.rawBody) request.charter.rawBody = body as Buffer;
+    done(null, Object.fromEntries(new URLSearchParams((body as Buffer).toString("utf8"))));
+  });
+
+  await app.register(helmet, {
+    enableCSPNonces: true,
+    contentSecurityPolicy: {
+      useDefaults: false,
+      directives: {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+        ...(deps.https ? { "upgrade-insecure-requests": [] } : {}),
+      },
+    },
+    hsts: deps.https ? { maxAge: 63_072_000, includeSubDomains: true } : false,
+    crossOriginEmbedderPolicy: false,
+    frameguard: { action: "deny" },
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "Charter API",
+        version: "0.1.0",
+        description: "Every operation declares the permission it requires (x-charter-permission).",
+      },
+      servers: [{ url: deps.config.publicUrl.origin }],
+    },
+    transform: jsonSchemaTransform,
+    transformObject: jsonSchemaTransformObject,
+  });
+
+  app.addHook("onRequest", async (request, reply) => {
+    request.charter = { principal: null, tenantId: undefined, rawBody: undefined };
+    reply.header("x-request-id", request.id);
+    const facts = {
+      address: request.ip,
+      method: request.method,
+      path: request.url.split("?")[0] ?? "/",
+      routeFound: request.routeOptions.config.charterRoute !== undefined,
+    };
+    const verdict = deps.rateLimiter.check(facts);
+    if (verdict === "deny") throw new HttpProblem("forbidden", "requests from this source are blocked");
+    if (verdict === "allow") return;
+    const { perAddress, windowSeconds } = deps.config.rateLimit;
+    const decision = await deps.rateLimiter.consume(
+      { kind: "address", address: request.ip },
+      { name: "requests", limit: perAddress, windowSeconds },
+    );
+    reply.header("ratelimit-limit", perAddress).header("ratelimit-remaining", decision.remaining);
+    if (!decision.allowed) {
+      throw new HttpProblem("rate-limited", "too many requests from this source; slow down", {
+        headers: { "retry-after": String(decision.retryAfter) },
+      });
+    }
+  });
+
+  app.setErrorHandler((error, request, reply) => {
+    if (error instanceof HttpProblem) {
+      return sendProblem(reply, request, error.slug, error.detail, error);
+    }
+    if (hasZodFastifySchemaValidationErrors(error)) {
+      const errors = error.validation.map((issue) => ({
+        path: `${error.validationContext ?? "request"}${issue.instancePath}`,
+        message: issue.message ?? "invalid",
+      }));
+      return sendProblem(reply, request, "validation", "the request does not match the schema", {
+        headers: {},
+        errors,
+      });
+    }
+    const code = (error as { code?: string }).code;
+    const slug = code ? FASTIFY_ERRORS[code] : undefined;
+    if (slug) return sendProblem(reply, request, slug, (error as Error).message);
+    request.log.error({ err: error }, "request failed");
+    // A 500 carries the request id for support and nothing of the internals.
+    return sendProblem(reply, request, "internal");
+  });
+
+  const router = FindMyWay();
+  app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split("?")[0] ?? "/";
+    const allowed = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].filter((m) => router.find(m as "GET", path));
+    if (!path.startsWith("/api/") && !allowed.includes("GET")) allowed.push("GET", "HEAD");
+    if (allowed.length > 0 && !allowed.includes(request.method)) {
+      return sendProblem(reply, request, "method-not-allowed", `${request.method} is not allowed here`, {
+        headers: { allow: allowed.join(", ") },
+        errors: undefined,
+      });
+    }
+    return sendProblem(reply, request, "not-found", `no resource at ${path}`);
+  });
+
+  // Fail closed: a route that reaches Fastify without passing through the registry stops start-up.
+  app.addHook("onRoute", (options) => {
+    if (!options.config?.charterRoute && options.method !== "HEAD") {
+      throw new Error(`route ${String(options.method)} ${options.url} was added without a declared permission`);
+    }
+  });
+
+  const operationIds = new Set<string>();
+  for (const route of deps.routes) {
+    registerRoute(app, router, route, operationIds, deps, access);
+  }
+  return app;
+}
+
+function checkRouteDeclaration(route: AnyRoute, operationIds: Set<string>): void {
+  const where = `${route.method} ${route.url}`;
+  if (!route.permission) throw new Error(`route ${where} declares no permission`);
+  if (operationIds.has(route.operationId)) throw new Error(`operationId ${route.operationId} is used twice`);
+  operationIds.add(route.operationId);
+  const tenantScoped = route.permission.kind === "tenant" || route.permission.kind === "public-tenant";
+  if (tenantScoped && !route.url.includes(":tenantId")) {
+    throw new Error(`route ${where} needs a tenant but its path has no :tenantId`);
+  }
+  if (route.feature && !tenantScoped) throw new Error(`route ${where} names a feature but no tenant`);
+  if (!route.hidden && !route.url.startsWith("/api/") && !route.url.startsWith("/")) {
+    throw new Error(`route ${where} has a malformed path`);
+  }
+}
+
+function permissionLabel(route: AnyRoute): string {
+  const p = route.permission;
+  if (p.kind === "tenant") return `tenant:${p.permission}${p.record ? ` (record: ${p.record.name})` : ""}`;
+  if (p.kind === "public-tenant") return `public-tenant (credential: ${p.credential.name})`;
+  return p.kind;
+}
+
+function registerRoute(
+  app: FastifyInstance,
+  router: ReturnType<typeof FindMyWay>,
+  route: AnyRoute,
+  operationIds: Set<string>,
+  deps: AppDeps,
+  access: AccessControl,
+): void {
+  checkRouteDeclaration(route, operationIds);
+  if (!route.url.includes("*")) router.on(route.method, route.url, () => {});
+  const contentTypes: readonly ContentType[] = route.contentTypes ?? ["application/json"];
+
+  async function tenantFromPath(request: FastifyRequest): Promise<string> {
+    const tenantId = (request.params as { tenantId?: string }).tenantId ?? "";
+    if (!isUuid(tenantId)) throw new HttpProblem("not-found", "no such tenant");
+    const exists = await deps.db.withPlatform((tx) => findTenant(tx, tenantId));
+    if (!exists) throw new HttpProblem("not-found", "no such tenant");
+    if (route.feature) {
+      const feature = route.feature;
+      const on = await deps.db.withTenant({ tenantId }, (tx) => isFeatureEnabled(tx, tenantId, feature));
+      if (!on) throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
+    }
+    return tenantId;
+  }
+
+  // Runs before the body is read: callers learn nothing about the body's schema before they are let in.
+  async function guard(request: FastifyRequest): Promise<void> {
+    const permission = route.permission;
+    if (permission.kind === "public") return;
+    if (permission.kind === "public-tenant") {
+      const tenantId = await tenantFromPath(request);
+      if (!(await permission.credential.verify(request, tenantId))) {
+        throw new HttpProblem("unauthenticated", `a valid ${permission.credential.name} is required`);
+      }
+      request.charter.tenantId = tenantId;
+      return;
+    }
+    const principal = await access.principal(request);
+    if (!principal) throw new HttpProblem("unauthenticated");
+    request.charter.principal = principal;
+    if (permission.kind === "authenticated") return;
+    const tenantId = await tenantFromPath(request);
+    if (!(await access.allows(principal, tenantId, permission.permission))) throw new HttpProblem("forbidden");
+    // A record the caller may not see is reported as absent, so its existence does not leak.
+    if (permission.record && !(await permission.record.allows(principal, tenantId, request.params))) {
+      throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
+    }
+    request.charter.tenantId = tenantId;
+  }
+
+  app.route({
+    method: route.method,
+    url: route.url,
+    bodyLimit: route.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    config: { charterRoute: route },
+    schema: {
+      operationId: route.operationId,
+      summary: route.summary,
+      ...(route.tags ? { tags: route.tags } : {}),
+      ...(route.hidden ? { hide: true } : {}),
+      "x-charter-permission": permissionLabel(route),
+      ...(route.feature ? { "x-charter-feature": route.feature } : {}),
+      ...(route.params ? { params: route.params } : {}),
+      ...(route.query ? { querystring: route.query } : {}),
+      ...(route.body ? { body: route.body, consumes: [...contentTypes] } : {}),
+      response: route.response,
+    },
+    onRequest: guard,
+    preValidation: async (request) => {
+      const type = mediaType(request);
+      if (type && request.body !== undefined && !contentTypes.includes(type as ContentType)) {
+        throw new HttpProblem("unsupported-media-type", `this operation accepts ${contentTypes.join(", ")}`, {
+          headers: { accept: contentTypes.join(", ") },
+        });
+      }
+    },
+    handler: (request, reply) => {
+      const routeRequest: Parameters<AnyRoute["handler"]>[0] = {
+        params: request.params,
+        query: request.query,
+        body: request.body,
+        rawBody: request.charter.rawBody,
+        requestId: request.id,
+        principal: request.charter.principal,
+        tenantId: request.charter.tenantId,
+        raw: request,
+      };
+      return route.handler(routeRequest, reply);
+    },
+  });
+}
+
+export { CONTENT_TYPES };

@@ -1,0 +1,103 @@
+import { readFileSync } from "node:fs";
+import type { Server } from "node:net";
+import { join } from "node:path";
+import type { FastifyInstance } from "fastify";
+import type { Config } from "./config.ts";
+import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
+import { type Clock, systemClock } from "./platform/clock.ts";
+import { deriveKey } from "./platform/crypto/derive.ts";
+import { loadMasterKey } from "./platform/crypto/master-key.ts";
+import { prepareDataDir } from "./platform/data-dir.ts";
+import { type Database, openConfiguredDatabase } from "./platform/db/index.ts";
+import { ControlRegistry, formatResults } from "./platform/doctor/controls.ts";
+import { KERNEL_CONTROLS } from "./platform/doctor/kernel-controls.ts";
+import { buildApp } from "./platform/http/app.ts";
+import { kernelRoutes } from "./platform/http/kernel-routes.ts";
+import type { AnyRoute } from "./platform/http/routes.ts";
+import { createRateLimiter } from "./platform/ratelimit/limiter.ts";
+
+export interface RunningServer {
+  app: FastifyInstance;
+  db: Database;
+  /** The address the server listens on. */
+  url: string;
+  /** Stops accepting, drains in-flight requests, and only then closes the database. */
+  shutdown(): Promise<void>;
+}
+
+/** The controls `charter doctor` runs, in the server and in the CLI alike. */
+export function controlRegistry(): ControlRegistry {
+  return new ControlRegistry().register(...KERNEL_CONTROLS);
+}
+
+export async function runDoctor(db: Database, config: Config): Promise<CommandResult> {
+  const results = await controlRegistry().run({ db, config });
+  return { exitCode: results.every((r) => r.ok) ? 0 : 1, output: formatResults(results) };
+}
+
+export async function runMigrate(db: Database): Promise<CommandResult> {
+  const applied = await db.migrate();
+  return { exitCode: 0, output: applied === 0 ? "the database is up to date" : `applied ${applied} migrations` };
+}
+
+export const controlSocketPath = (config: Pick<Config, "dataDir">) =>
+  join(prepareDataDir(config.dataDir).run, "charter.sock");
+
+/** Starts Charter: data directory, master key, database (migrated and checked), HTTP, control socket. */
+export async function startServer(
+  config: Config,
+  options: { clock?: Clock; routes?: AnyRoute[]; log?: boolean; warn?: (message: string) => void } = {},
+): Promise<RunningServer> {
+  const clock = options.clock ?? systemClock;
+  const paths = prepareDataDir(config.dataDir);
+  const masterKey = loadMasterKey(config.masterKey, paths, options.warn);
+  const https = config.tls && {
+    key: readFileSync(config.tls.keyPath),
+    cert: readFileSync(config.tls.certPath),
+    minVersion: config.tls.minVersion,
+  };
+  const db = await openConfiguredDatabase(config);
+  const rateLimiter = createRateLimiter({ db, clock, hashKey: deriveKey(masterKey.bytes(), "rate-limit/v1") });
+  let socket: Server | undefined;
+  let app: FastifyInstance | undefined;
+  try {
+    const self = () => app as FastifyInstance;
+    app = await buildApp({
+      config,
+      db,
+      clock,
+      rateLimiter,
+      routes: [...(options.routes ?? []), ...kernelRoutes({ db, app: self })],
+      ...(https ? { https } : {}),
+      ...(options.log === undefined ? {} : { log: options.log }),
+    });
+    const url = await app.listen({ host: config.host, port: config.port });
+    socket = await serveControlSocket(controlSocketPath(config), {
+      doctor: () => runDoctor(db, config),
+      migrate: () => runMigrate(db),
+    });
+    const running = app;
+    const openSocket = socket;
+    let stopping: Promise<void> | undefined;
+    return {
+      app: running,
+      db,
+      url,
+      shutdown: () => {
+        stopping ??= (async () => {
+          await new Promise<void>((resolve) => openSocket.close(() => resolve()));
+          await running.close();
+          await rateLimiter.close();
+          await db.close();
+        })();
+        return stopping;
+      },
+    };
+  } catch (error) {
+    socket?.close();
+    await app?.close();
+    await rateLimiter.close();
+    await db.close();
+    throw error;
+  }
+}
