@@ -1,8 +1,8 @@
 import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
-import { MasterKeyError } from "./platform/crypto/master-key.ts";
-import { DataDirError } from "./platform/data-dir.ts";
+import { loadMasterKey, MasterKeyError } from "./platform/crypto/master-key.ts";
+import { DataDirError, prepareDataDir } from "./platform/data-dir.ts";
 import {
   createDatabase,
   type Database,
@@ -13,8 +13,21 @@ import {
 } from "./platform/db/index.ts";
 import { controlSocketPath, runDoctor, runMigrate, startServer } from "./server.ts";
 
+/** Another process holds the embedded database and no server answers on its control socket. */
+class ServerUnreachable extends Error {
+  override name = "ServerUnreachable";
+}
+
 /** Errors that are the user's to fix: printed as one line, never as a stack trace. */
-const USER_ERRORS = [ConfigError, MasterKeyError, DataDirError, MigrationError, UnsafeRuntimeRoleError, DataDirLocked];
+const USER_ERRORS = [
+  ConfigError,
+  MasterKeyError,
+  DataDirError,
+  MigrationError,
+  UnsafeRuntimeRoleError,
+  DataDirLocked,
+  ServerUnreachable,
+];
 
 function fail(error: unknown): never {
   const known = USER_ERRORS.some((type) => error instanceof type);
@@ -49,7 +62,9 @@ async function maintenance(
     try {
       return await callControlSocket(controlSocketPath(cfg), name);
     } catch {
-      throw new Error(`${error.message}, and its control socket does not answer: is another charter command running?`);
+      throw new ServerUnreachable(
+        `${error.message}, and its control socket does not answer: is another charter command running?`,
+      );
     }
   }
   const db = createDatabase(engine);
@@ -93,6 +108,13 @@ program
   .description("apply pending database migrations")
   .action(async () => {
     const cfg = config();
+    // As on start, the key comes first: a fresh data directory gets its key here, and a key that cannot be
+    // loaded stops the command before it touches the database.
+    try {
+      loadMasterKey(cfg.masterKey, prepareDataDir(cfg.dataDir));
+    } catch (error) {
+      fail(error);
+    }
     report(await maintenance("migrate", cfg, runMigrate).catch(fail));
   });
 

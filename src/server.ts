@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
-import type { Config } from "./config.ts";
+import { type Config, ConfigError } from "./config.ts";
 import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
 import { type Clock, systemClock } from "./platform/clock.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
@@ -43,6 +43,15 @@ export async function runMigrate(db: Database): Promise<CommandResult> {
 export const controlSocketPath = (config: Pick<Config, "dataDir">) =>
   join(prepareDataDir(config.dataDir).run, "charter.sock");
 
+/** Reads a configured TLS file; a missing or unreadable one is a configuration mistake naming its variable. */
+function readTlsFile(variable: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    throw new ConfigError(`${variable} ${path} cannot be read (${(error as NodeJS.ErrnoException).code ?? error})`);
+  }
+}
+
 /** Starts Charter: data directory, master key, database (migrated and checked), HTTP, control socket. */
 export async function startServer(
   config: Config,
@@ -52,8 +61,8 @@ export async function startServer(
   const paths = prepareDataDir(config.dataDir);
   const masterKey = loadMasterKey(config.masterKey, paths, options.warn);
   const https = config.tls && {
-    key: readFileSync(config.tls.keyPath),
-    cert: readFileSync(config.tls.certPath),
+    key: readTlsFile("CHARTER_TLS_KEY", config.tls.keyPath),
+    cert: readTlsFile("CHARTER_TLS_CERT", config.tls.certPath),
     minVersion: config.tls.minVersion,
   };
   const db = await openConfiguredDatabase(config);

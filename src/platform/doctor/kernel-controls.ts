@@ -63,7 +63,12 @@ const masterKeyFile: Control = {
   },
 };
 
-const LOOPBACK_HOSTS = new Set(["localhost", "127.0.0.1", "[::1]"]);
+const LOOPBACK_NAMES = new Set(["localhost", "::1", "[::1]"]);
+
+/** A host name or address (IPv6 bracketed or not) that only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return LOOPBACK_NAMES.has(host) || (isIP(host) === 4 && host.startsWith("127."));
+}
 
 const tlsSettings: Control = {
   id: "tls.settings",
@@ -71,12 +76,10 @@ const tlsSettings: Control = {
   promises: ["E1"],
   period: "P1D",
   async check({ config }) {
-    const { tls, publicUrl, trustedProxies } = config;
+    const { tls, publicUrl, trustedProxies, host } = config;
     if (!tls) {
-      if (
-        LOOPBACK_HOSTS.has(publicUrl.hostname) ||
-        (isIP(publicUrl.hostname) && publicUrl.hostname.startsWith("127."))
-      ) {
+      // Plain HTTP is for development, and only while nothing beyond this machine can reach it.
+      if (isLoopback(publicUrl.hostname) && isLoopback(host)) {
         return { ok: true, evidence: `plain HTTP on a loopback address (${publicUrl.host}): development only` };
       }
       if (publicUrl.protocol === "https:" && trustedProxies.length > 0) {
@@ -87,7 +90,7 @@ const tlsSettings: Control = {
       }
       return {
         ok: false,
-        evidence: `${publicUrl.origin} is served without TLS: set CHARTER_TLS_CERT and CHARTER_TLS_KEY, or terminate TLS at a proxy named in CHARTER_TRUSTED_PROXIES with an https PUBLIC_URL`,
+        evidence: `${publicUrl.origin} is served without TLS on ${host}: set CHARTER_TLS_CERT and CHARTER_TLS_KEY, or terminate TLS at a proxy named in CHARTER_TRUSTED_PROXIES with an https PUBLIC_URL`,
       };
     }
     const cert = new X509Certificate(readFileSync(tls.certPath));
