@@ -18,7 +18,7 @@ import type { RateLimiter } from "../ratelimit/limiter.ts";
 import { isFeatureEnabled } from "../tenancy/features.ts";
 import { findTenant } from "../tenancy/tenants.ts";
 import { HttpProblem, type ProblemSlug, problemBody } from "./problem.ts";
-import { type AnyRoute, CONTENT_TYPES, type ContentType, type Principal } from "./routes.ts";
+import { type AnyRoute, CONTENT_TYPES, type ContentType, isApiPath, type Principal } from "./routes.ts";
 
 /** How the identity module tells the kernel who is calling and what they may do. */
 export interface AccessControl {
@@ -172,15 +172,24 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     transformObject: jsonSchemaTransformObject,
   });
 
+  // Shutdown drains in-flight requests; a response sent after close() began also ends its keep-alive
+  // connection, which would otherwise hold close() (and the database behind it) open until it times out.
+  let closing = false;
+  app.addHook("preClose", async () => {
+    closing = true;
+  });
+  app.addHook("onSend", async (_request, reply) => {
+    if (closing) reply.header("connection", "close");
+  });
+
   app.addHook("onRequest", async (request, reply) => {
     request.charter = { principal: null, tenantId: undefined, rawBody: undefined };
     reply.header("x-request-id", request.id);
-    const facts = {
-      address: request.ip,
-      method: request.method,
-      path: request.url.split("?")[0] ?? "/",
-      routeFound: request.routeOptions.config.charterRoute !== undefined,
-    };
+    const path = request.url.split("?")[0] ?? "/";
+    const route = request.routeOptions.config.charterRoute;
+    // The web app's catch-all answers every GET, but under /api/ it only says 404: no route was found there.
+    const routeFound = route !== undefined && !(route.url.includes("*") && isApiPath(path));
+    const facts = { address: request.ip, method: request.method, path, routeFound };
     const verdict = deps.rateLimiter.check(facts);
     if (verdict === "deny") throw new HttpProblem("forbidden", "requests from this source are blocked");
     if (verdict === "allow") return;
@@ -222,8 +231,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const router = FindMyWay();
   app.setNotFoundHandler((request, reply) => {
     const path = request.url.split("?")[0] ?? "/";
-    const allowed = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"].filter((m) => router.find(m as "GET", path));
-    if (!path.startsWith("/api/") && !allowed.includes("GET")) allowed.push("GET", "HEAD");
+    const allowed = ["GET", "POST", "PUT", "PATCH", "DELETE"].filter((m) => router.find(m as "GET", path));
+    // Outside the API the web app answers every GET; and wherever GET is served, Fastify serves HEAD too.
+    if (!isApiPath(path) && !allowed.includes("GET")) allowed.unshift("GET");
+    if (allowed.includes("GET")) allowed.splice(1, 0, "HEAD");
     if (allowed.length > 0 && !allowed.includes(request.method)) {
       return sendProblem(reply, request, "method-not-allowed", `${request.method} is not allowed here`, {
         headers: { allow: allowed.join(", ") },
@@ -247,9 +258,25 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
+const PERMISSION_KINDS: readonly string[] = ["public", "public-tenant", "authenticated", "tenant"];
+
 function checkRouteDeclaration(route: AnyRoute, operationIds: Set<string>): void {
   const where = `${route.method} ${route.url}`;
-  if (!route.permission) throw new Error(`route ${where} declares no permission`);
+  const permission = route.permission as Partial<AnyRoute["permission"]> | undefined;
+  if (!permission) throw new Error(`route ${where} declares no permission`);
+  // Routes can reach here from plain JavaScript or through a cast: check what the types alone promise.
+  if (!PERMISSION_KINDS.includes(permission.kind as string)) {
+    throw new Error(`route ${where} declares an unknown permission kind ${String(permission.kind)}`);
+  }
+  if (permission.kind === "tenant" && (typeof permission.permission !== "string" || permission.permission === "")) {
+    throw new Error(`route ${where} declares a tenant permission without naming it`);
+  }
+  if (permission.kind === "public-tenant" && typeof permission.credential?.verify !== "function") {
+    throw new Error(`route ${where} is public-tenant but declares no credential check`);
+  }
+  if (typeof route.operationId !== "string" || route.operationId === "") {
+    throw new Error(`route ${where} declares no operationId`);
+  }
   if (operationIds.has(route.operationId)) throw new Error(`operationId ${route.operationId} is used twice`);
   operationIds.add(route.operationId);
   const tenantScoped = route.permission.kind === "tenant" || route.permission.kind === "public-tenant";

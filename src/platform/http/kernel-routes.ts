@@ -3,7 +3,7 @@ import { z } from "zod";
 import type { Database } from "../db/index.ts";
 import { renderApiReference } from "./api-reference.ts";
 import { HttpProblem, PROBLEM_TYPES, type ProblemSlug, problemSchema } from "./problem.ts";
-import { type AnyRoute, defineRoute } from "./routes.ts";
+import { type AnyRoute, defineRoute, isApiPath } from "./routes.ts";
 import { renderWebApp } from "./web-app.ts";
 
 const PUBLIC = { kind: "public" } as const;
@@ -86,7 +86,7 @@ export function kernelRoutes(deps: { db: Database; app: () => FastifyInstance })
       response: {},
       handler: async (request, reply) => {
         const path = request.raw.url.split("?")[0] ?? "/";
-        if (path.startsWith("/api/") || path === "/api") throw new HttpProblem("not-found", `no resource at ${path}`);
+        if (isApiPath(path)) throw new HttpProblem("not-found", `no resource at ${path}`);
         return reply.type("text/html; charset=utf-8").send(renderWebApp(reply.cspNonce));
       },
     }),

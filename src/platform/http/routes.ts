@@ -80,6 +80,11 @@ export interface RouteSpec<P = undefined, Q = undefined, B = undefined> {
   handler(request: RouteRequest<P, Q, B>, reply: FastifyReply): Promise<unknown>;
 }
 
+/** Whether a path belongs to the API (where nothing falls back to the web app). */
+export function isApiPath(path: string): boolean {
+  return path === "/api" || path.startsWith("/api/");
+}
+
 // biome-ignore lint/suspicious/noExplicitAny: a heterogeneous list of routes erases their schema types
 export type AnyRoute = RouteSpec<any, any, any>;
 

@@ -106,6 +106,8 @@ export function createRateLimiter(deps: { db: Database; clock: Clock; hashKey: B
                       THEN rate_limit_buckets.hits + EXCLUDED.hits ELSE EXCLUDED.hits END,
           window_start = EXCLUDED.window_start,
           expires_at = EXCLUDED.expires_at
+        -- A late flush of a past window (another instance already counts the next one) must not reset it.
+        WHERE rate_limit_buckets.window_start <= EXCLUDED.window_start
         RETURNING hits`.execute(tx),
     );
     return result.rows[0]?.hits ?? hits;
@@ -141,13 +143,21 @@ export function createRateLimiter(deps: { db: Database; clock: Clock; hashKey: B
     }
   }
 
+  // One flush at a time. An explicit flush() waits for one already running (which may have passed over
+  // hits counted since) and then runs its own, so every hit counted before the call is written when it returns.
   let flushing: Promise<void> | undefined;
+  function flushOnce(): Promise<void> {
+    flushing ??= flush().finally(() => {
+      flushing = undefined;
+    });
+    return flushing;
+  }
+  async function flushAll(): Promise<void> {
+    await flushing?.catch(() => {});
+    await flushOnce();
+  }
   const timer = setInterval(() => {
-    flushing ??= flush()
-      .catch(() => {})
-      .finally(() => {
-        flushing = undefined;
-      });
+    flushOnce().catch(() => {});
   }, FLUSH_MS);
   timer.unref();
 
@@ -167,8 +177,13 @@ export function createRateLimiter(deps: { db: Database; clock: Clock; hashKey: B
 
       let counter = counters.get(id);
       if (!counter || counter.windowStart !== windowStart) {
-        counter = { windowStart, stored: await read(keyHash, windowStart), pending: 0, expiresAt };
-        counters.set(id, counter);
+        const stored = await read(keyHash, windowStart);
+        // Concurrent hits all read at the start of a window: they must share one counter, or each counts alone.
+        counter = counters.get(id);
+        if (!counter || counter.windowStart !== windowStart) {
+          counter = { windowStart, stored, pending: 0, expiresAt };
+          counters.set(id, counter);
+        }
       }
       const used = counter.stored + counter.pending;
       if (used >= rule.limit) return { allowed: false, remaining: 0, retryAfter };
@@ -185,11 +200,10 @@ export function createRateLimiter(deps: { db: Database; clock: Clock; hashKey: B
       }
       return undefined;
     },
-    flush: () => flushing ?? flush(),
+    flush: flushAll,
     async close() {
       clearInterval(timer);
-      await flushing;
-      await flush();
+      await flushAll();
     },
   };
 }
