@@ -35,6 +35,8 @@ interface Frame {
   kind: "tenant" | "platform" | "snapshot";
   tx: Tx;
   failureRecords: FailureRecord[];
+  /** False once the transaction ended: work it left behind (a timer, a pending promise) is no longer inside it. */
+  open: boolean;
 }
 
 export class NestedTransactionError extends Error {
@@ -78,12 +80,18 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
   const migrations = options.migrations ?? readMigrations();
 
   async function run<T>(kind: Frame["kind"], setup: TransactionSetup, fn: (tx: Tx) => Promise<T>): Promise<T> {
-    const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [] };
+    const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [], open: true };
     try {
       return await engine.transaction(setup, (runner) => {
         const bound = bindTransaction(runner);
         frame.tx = bound.tx;
-        return frames.run(frame, () => fn(bound.tx)).finally(bound.end);
+        // async: a callback that throws before returning a promise must still end its handle.
+        return frames
+          .run(frame, async () => fn(bound.tx))
+          .finally(() => {
+            frame.open = false;
+            bound.end();
+          });
       });
     } catch (error) {
       for (const record of frame.failureRecords) {
@@ -97,8 +105,13 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
     }
   }
 
+  function openFrame(): Frame | undefined {
+    const frame = frames.getStore();
+    return frame?.open ? frame : undefined;
+  }
+
   function refuseNesting(what: string): void {
-    const open = frames.getStore();
+    const open = openFrame();
     if (open) {
       throw new NestedTransactionError(
         `${what} called inside an open ${open.kind} transaction: pass the transaction down instead`,
@@ -108,7 +121,8 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
 
   return {
     kind: engine.kind,
-    withTenant(ctx, fn) {
+    // async, so that a refusal below is a rejected promise like every other failure, never a synchronous throw.
+    async withTenant(ctx, fn) {
       refuseNesting("withTenant");
       if (!isUuid(ctx.tenantId)) throw new TypeError(`tenantId must be a UUID, got "${ctx.tenantId}"`);
       return run(
@@ -122,8 +136,8 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
         fn,
       );
     },
-    withPlatform(fn, ctx = {}) {
-      const open = frames.getStore();
+    async withPlatform(fn, ctx = {}) {
+      const open = openFrame();
       // The one allowed nesting: platform work inside a tenant request joins its transaction.
       if (open?.kind === "tenant") return fn(open.tx);
       refuseNesting("withPlatform");
@@ -138,7 +152,7 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
         fn,
       );
     },
-    withSnapshot(fn) {
+    async withSnapshot(fn) {
       refuseNesting("withSnapshot");
       return run("snapshot", { tenantId: "", actorId: "", requestId: "", snapshot: true }, async (tx) => {
         const setTenant = (id: string) => sql`SELECT set_config('app.tenant_id', ${id}, true)`.execute(tx);
@@ -152,20 +166,26 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
               await setTenant(id);
               try {
                 await visit(id, tx);
-              } finally {
-                await setTenant("");
+              } catch (error) {
+                // Back to the platform view for a caller that catches, without hiding the visit's error
+                // behind the reset's own failure in an aborted transaction.
+                await setTenant("").catch(() => {});
+                throw error;
               }
+              await setTenant("");
             }
           },
         });
       });
     },
     recordOnFailure(record) {
-      const open = frames.getStore();
+      const open = openFrame();
       if (!open) throw new Error("recordOnFailure needs an open transaction");
       open.failureRecords.push(record);
     },
     async migrate() {
+      // The owner session is a second session: on PGlite it would wait forever behind the open transaction.
+      refuseNesting("migrate");
       const count = await engine.withOwnerSession((session) => migrate(session, migrations));
       await engine.afterMigrate();
       return count;

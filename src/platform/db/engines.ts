@@ -133,7 +133,9 @@ export function postgresEngine(options: {
   };
 }
 
-function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
+export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
+  // Set once afterMigrate dropped the session to the runtime role: a later owner session must climb back.
+  let dropped = false;
   return {
     kind: "pglite",
     transaction(setup, fn) {
@@ -148,20 +150,26 @@ function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
         });
       });
     },
-    withOwnerSession(fn) {
-      return fn({
-        query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],
-        applyInTransaction: async (sql, record) => {
-          await pglite.transaction(async (tx) => {
-            await tx.exec(sql);
-            await tx.query(record.sql, record.params);
-          });
-        },
-      });
+    async withOwnerSession(fn) {
+      if (dropped) await pglite.exec("RESET ROLE");
+      try {
+        return await fn({
+          query: async (sql, params) => (await pglite.query(sql, params)).rows as never[],
+          applyInTransaction: async (sql, record) => {
+            await pglite.transaction(async (tx) => {
+              await tx.exec(sql);
+              await tx.query(record.sql, record.params);
+            });
+          },
+        });
+      } finally {
+        if (dropped) await pglite.exec(`SET ROLE ${APP_ROLE}`);
+      }
     },
     // PGlite's session user is always a superuser: after migrating the whole session drops to the runtime role.
     afterMigrate: async () => {
       await pglite.exec(`SET ROLE ${APP_ROLE}`);
+      dropped = true;
     },
     async close() {
       try {
@@ -173,7 +181,7 @@ function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
   };
 }
 
-const pgliteParsers = { 20: parseBigint };
+export const pgliteParsers = { 20: parseBigint };
 
 /** The embedded database in `dataDir/db`, held by this process alone through a lock file. */
 export async function pgliteEngine(dataDir: string): Promise<Engine> {

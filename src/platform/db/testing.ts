@@ -1,7 +1,8 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import pg from "pg";
-import { createDatabase, type Database, openDatabase } from "./database.ts";
-import { dumpFreshPglite, pgliteEngineFromDump, postgresEngine } from "./engines.ts";
+import { createDatabase, type Database, type DatabaseOptions, openDatabase } from "./database.ts";
+import { dumpFreshPglite, type Engine, pgliteEngineFromDump, postgresEngine } from "./engines.ts";
+import type { MigrationFile } from "./migrate.ts";
 import { OWNER_ROLE } from "./roles.ts";
 
 /**
@@ -20,7 +21,29 @@ export interface TestDatabase {
   superuser(sql: string): Promise<unknown[]>;
   /** Runs SQL as charter_owner (to create or drop objects as a migration would). */
   owner(sql: string): Promise<unknown[]>;
+  /**
+   * Opens a second Database on the same database as start-up does (migrating unless `migrate: false`).
+   * On PGlite it shares the one instance, so never hold a transaction on both at once.
+   */
+  open(options?: DatabaseOptions & { migrate?: boolean }): Promise<Database>;
+  /** Runs `createDatabase(…, { migrations: files }).migrate()` on this database; returns how many ran. */
+  migrateWith(files: MigrationFile[]): Promise<number>;
   close(): Promise<void>;
+}
+
+/** The part of a TestDatabase that opens more Databases on the same database through `engine()`. */
+function openers(engine: () => Engine): Pick<TestDatabase, "open" | "migrateWith"> {
+  return {
+    open: (options = {}) => openDatabase(engine(), options),
+    async migrateWith(files) {
+      const db = createDatabase(engine(), { migrations: files });
+      try {
+        return await db.migrate();
+      } finally {
+        await db.close();
+      }
+    },
+  };
 }
 
 const asOwner = (superuser: (sql: string) => Promise<unknown[]>) => (sql: string) =>
@@ -37,7 +60,17 @@ export async function writePgliteTemplate(path: string): Promise<void> {
 export async function openPgliteFromTemplate(path: string): Promise<TestDatabase> {
   const { engine, superuser } = await pgliteEngineFromDump(new Blob([readFileSync(path)]));
   const db = await openDatabase(engine, { migrate: false });
-  return { kind: "pglite", db, url: undefined, superuser, owner: asOwner(superuser), close: () => db.close() };
+  // A second Database borrows the instance: closing it must not close the test's database.
+  const borrowed = (): Engine => ({ ...engine, close: async () => {} });
+  return {
+    kind: "pglite",
+    db,
+    url: undefined,
+    superuser,
+    owner: asOwner(superuser),
+    ...openers(borrowed),
+    close: () => db.close(),
+  };
 }
 
 function withDatabase(url: string, database: string): string {
@@ -95,6 +128,7 @@ export async function openPostgresFromTemplate(
       url,
       superuser,
       owner: asOwner(superuser),
+      ...openers(() => postgresEngine({ ownerUrl: url, runtimeUrl: undefined, poolSize: 2 })),
       close: async () => {
         await db.close();
         await dropPostgresDatabase(adminUrl, name);
@@ -104,6 +138,26 @@ export async function openPostgresFromTemplate(
     await dropPostgresDatabase(adminUrl, name);
     throw error;
   }
+}
+
+/** An empty database that no migration has touched yet, for tests of first-time and concurrent migration. */
+export interface EmptyPostgresDatabase {
+  url: string;
+  /** A new Database on it (its own pool): call migrate() and close() on it. */
+  create(options?: DatabaseOptions): Database;
+  superuser(sql: string): Promise<unknown[]>;
+  drop(): Promise<void>;
+}
+
+export async function createEmptyPostgresDatabase(adminUrl: string, name: string): Promise<EmptyPostgresDatabase> {
+  await connected(adminUrl, (c) => c.query(`CREATE DATABASE ${checkName(name)}`));
+  const url = withDatabase(adminUrl, name);
+  return {
+    url,
+    create: (options) => createDatabase(postgresEngine({ ownerUrl: url, runtimeUrl: undefined, poolSize: 2 }), options),
+    superuser: (sql) => connected(url, async (c) => [await c.query(sql)].flat().at(-1)?.rows ?? []),
+    drop: () => dropPostgresDatabase(adminUrl, name),
+  };
 }
 
 export async function dropPostgresDatabase(adminUrl: string, name: string): Promise<void> {
