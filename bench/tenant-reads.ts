@@ -7,8 +7,9 @@ import { HttpProblem, problemSchema } from "../src/platform/http/problem.ts";
 import { type AnyRoute, defineRoute } from "../src/platform/http/routes.ts";
 
 /**
- * Tenant reads: the cost of Charter's tenant transaction (withTenant as charter_app under row-level
- * security) against the same query run bare as a superuser. The table exists only in the benchmark's
+ * Tenant reads: the cost of Charter's tenant context (as charter_app under row-level security), through a
+ * withTenant transaction and through a one-statement selectAsTenant, against the same query run bare as a
+ * superuser. The table exists only in the benchmark's
  * database; no migration creates it.
  */
 
@@ -65,18 +66,25 @@ const tenantParams = z.object({ tenantId: z.uuid() });
 const itemParams = z.object({ tenantId: z.uuid(), id: z.uuid() });
 const PUBLIC = { kind: "public" } as const;
 
-// The exact text Kysely compiles the (b) queries to, so both variants send PostgreSQL the same statement.
+// The exact text Kysely compiles the (b) and (c) queries to, so every variant sends PostgreSQL the same statement.
 const LIST_SQL = 'select "id", "name", "body" from "bench_items" where "tenant_id" = $1 order by "name" limit $2';
 const GET_SQL = 'select "id", "name", "body" from "bench_items" where "tenant_id" = $1 and "id" = $2';
 const PAGE = 50;
 
-export type VariantKey = "a" | "b";
+export type VariantKey = "a" | "b" | "c";
 export type Operation = "list" | "get";
 
-/** The benchmark's routes: /bench/a/… bare as a superuser, /bench/b/… through withTenant under RLS. */
+/**
+ * The benchmark's routes: /bench/a/… bare as a superuser, /bench/b/… through withTenant and /bench/c/…
+ * through selectAsTenant, both under RLS.
+ */
 export function tenantReadRoutes(serving: BenchServing): AnyRoute[] {
   const { db, superuserQuery } = serving;
   const items = (tx: unknown) => (tx as Kysely<BenchTables>).selectFrom("bench_items").select(["id", "name", "body"]);
+  const page = (tx: unknown, tenantId: string) =>
+    items(tx).where("tenant_id", "=", tenantId).orderBy("name").limit(PAGE);
+  const one = (tx: unknown, tenantId: string, id: string) =>
+    items(tx).where("tenant_id", "=", tenantId).where("id", "=", id);
   const found = <T>(row: T | undefined): T => {
     if (!row) throw new HttpProblem("not-found", "no such item");
     return row;
@@ -115,7 +123,7 @@ export function tenantReadRoutes(serving: BenchServing): AnyRoute[] {
       response: { 200: z.object({ items: z.array(item) }) },
       handler: async ({ params, requestId }) => ({
         items: await db.withTenant({ tenantId: params.tenantId, requestId }, (tx) =>
-          items(tx).where("tenant_id", "=", params.tenantId).orderBy("name").limit(PAGE).execute(),
+          page(tx, params.tenantId).execute(),
         ),
       }),
     }),
@@ -131,14 +139,43 @@ export function tenantReadRoutes(serving: BenchServing): AnyRoute[] {
       handler: async ({ params, requestId }) =>
         found(
           await db.withTenant({ tenantId: params.tenantId, requestId }, (tx) =>
-            items(tx).where("tenant_id", "=", params.tenantId).where("id", "=", params.id).executeTakeFirst(),
+            one(tx, params.tenantId, params.id).executeTakeFirst(),
           ),
+        ),
+    }),
+    defineRoute({
+      method: "GET",
+      url: "/bench/c/tenants/:tenantId/items",
+      operationId: "benchListOneStatement",
+      summary: "A page of items, through selectAsTenant under row-level security",
+      hidden: true,
+      permission: PUBLIC,
+      params: tenantParams,
+      response: { 200: z.object({ items: z.array(item) }) },
+      handler: async ({ params, requestId }) => ({
+        items: await db.selectAsTenant({ tenantId: params.tenantId, requestId }, (q) => page(q, params.tenantId)),
+      }),
+    }),
+    defineRoute({
+      method: "GET",
+      url: "/bench/c/tenants/:tenantId/items/:id",
+      operationId: "benchGetOneStatement",
+      summary: "One item, through selectAsTenant under row-level security",
+      hidden: true,
+      permission: PUBLIC,
+      params: itemParams,
+      response: { 200: item, 404: problemSchema },
+      handler: async ({ params, requestId }) =>
+        found(
+          (
+            await db.selectAsTenant({ tenantId: params.tenantId, requestId }, (q) => one(q, params.tenantId, params.id))
+          )[0],
         ),
     }),
   ];
 }
 
-/** mulberry32: a small deterministic PRNG, so both variants draw the same sequence of requests. */
+/** mulberry32: a small deterministic PRNG, so every variant draws the same sequence of requests. */
 export function prng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -161,8 +198,8 @@ export function pathsFor(dataset: Dataset, op: Operation, variant: VariantKey, r
 }
 
 /**
- * Sample requests whose answers must be identical in both variants: pages and rows of random tenants,
- * the first and last tenant, and a row that does not exist (404 in both).
+ * Sample requests whose answers must be identical in every variant: pages and rows of random tenants,
+ * the first and last tenant, and a row that does not exist (404 in all).
  */
 export function samplePaths(dataset: Dataset): { op: Operation; path: (v: VariantKey) => string; expect: string }[] {
   const random = prng(0x5eed);
@@ -182,7 +219,7 @@ export function samplePaths(dataset: Dataset): { op: Operation; path: (v: Varian
       expect: `row ${itemId(t, i)}`,
     });
   }
-  // A row of tenant 1 asked for under tenant 2: absent in both.
+  // A row of tenant 1 asked for under tenant 2: absent in every variant.
   samples.push({
     op: "get",
     path: (v) => `/bench/${v}/tenants/${tenantId(2)}/items/${itemId(1, 1)}`,
@@ -191,7 +228,7 @@ export function samplePaths(dataset: Dataset): { op: Operation; path: (v: Varian
   return samples;
 }
 
-/** Checks one sample's answer from variant (a); the (b) answer must then be byte-for-byte the same JSON. */
+/** Checks one sample's answer from variant (a); the others' answers must then be byte-for-byte the same JSON. */
 export function sampleLooksRight(expect: string, status: number, body: unknown): boolean {
   if (expect === "404") return status === 404;
   if (status !== 200) return false;

@@ -413,6 +413,10 @@ function countingEngine(): { engine: Engine; transactions: () => number } {
         },
       });
     },
+    async readOnce() {
+      transactions += 1;
+      return [];
+    },
     withOwnerSession: async () => {
       throw new Error("no owner session expected");
     },
@@ -440,11 +444,60 @@ describe("identifiers", () => {
     await expect(db.withTenant({ tenantId: uuidv7(), requestId: "r".repeat(201) }, fn)).rejects.toThrow(
       /requestId is longer/,
     );
+    const select = (q: Tx) => q.selectFrom("tenant_settings").select("locale");
+    await expect(db.selectAsTenant({ tenantId: "tenant-a" }, select)).rejects.toThrow(/tenantId must be a UUID/);
+    await expect(db.selectAsTenant({ tenantId: uuidv7(), actorId: "someone" }, select)).rejects.toThrow(
+      /actorId must be a UUID/,
+    );
     expect(called).toBe(false);
     expect(transactions()).toBe(0);
 
     await db.withTenant({ tenantId: uuidv7(), actorId: uuidv7(), requestId: "r".repeat(200) }, fn);
     expect(called).toBe(true);
     expect(transactions()).toBe(1);
+  });
+
+  it("selectAsTenant refuses anything but a plain SELECT before any SQL runs", async () => {
+    const { engine, transactions } = countingEngine();
+    const db = createDatabase(engine, { migrations: [] });
+    const ctx = { tenantId: uuidv7() };
+    const refused = [
+      // Not a SELECT builder: the type says so too.
+      (q: Tx) => q.deleteFrom("tenant_settings") as never,
+      (q: Tx) => q.updateTable("tenant_settings").set({ locale: "de" }) as never,
+      (q: Tx) =>
+        q
+          .with("gone", (w) => w.deleteFrom("tenant_settings").returning("tenant_id"))
+          .selectFrom("gone")
+          .select("tenant_id"),
+      (q: Tx) => q.selectFrom("tenant_settings").select("locale").forUpdate(),
+      (q: Tx) => q.selectFrom("tenant_settings").select("locale").forShare(),
+      (q: Tx) => q.selectFrom("tenant_settings").select("locale").forNoKeyUpdate().skipLocked(),
+      (q: Tx) =>
+        q
+          .selectFrom("tenant_settings")
+          .select("locale")
+          .where("tenant_id", "in", q.selectFrom("tenants").select("id").forKeyShare()),
+      (q: Tx) => q.selectFrom("tenant_settings").select("locale").modifyEnd(sql`for update`),
+    ];
+    for (const build of refused) await expect(db.selectAsTenant(ctx, build)).rejects.toThrow(TypeError);
+    expect(transactions()).toBe(0);
+
+    // Running a query on the builder fails instead of running outside the tenant's transaction.
+    let ran: Promise<unknown> | undefined;
+    await db.selectAsTenant(ctx, (q) => {
+      ran = q.selectFrom("tenants").selectAll().execute();
+      return q.selectFrom("tenants").select("id");
+    });
+    await expect(ran).rejects.toThrow(/only builds a query/);
+    expect(transactions()).toBe(1);
+
+    await db.selectAsTenant(ctx, (q) =>
+      q
+        .with("s", (w) => w.selectFrom("tenant_settings").select("locale"))
+        .selectFrom("s")
+        .select("locale"),
+    );
+    expect(transactions()).toBe(2);
   });
 });

@@ -4,6 +4,7 @@ import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import { acquireDataDirLock } from "./lock.ts";
 import type { OwnerSession } from "./migrate.ts";
+import { queryWithPrefix } from "./one-shot.ts";
 import { APP_ROLE } from "./roles.ts";
 import type { QueryRunner } from "./runner.ts";
 
@@ -21,6 +22,11 @@ export interface TransactionSetup {
 export interface Engine {
   readonly kind: "pglite" | "postgres";
   transaction<T>(setup: TransactionSetup, fn: (runner: QueryRunner) => Promise<T>): Promise<T>;
+  /**
+   * One read-only statement in its own transaction, set up like `transaction`'s: one round trip on
+   * PostgreSQL, where the setup and the statement share one implicit transaction.
+   */
+  readOnce<Row>(setup: Omit<TransactionSetup, "snapshot">, sql: string, params: readonly unknown[]): Promise<Row[]>;
   withOwnerSession<T>(fn: (session: OwnerSession) => Promise<T>): Promise<T>;
   /** Called once migrations are done: PGlite drops its superuser session to the runtime role here. */
   afterMigrate(): Promise<void>;
@@ -33,7 +39,7 @@ export interface Engine {
  */
 export const SETUP_SQL = `SELECT set_config('role', '${APP_ROLE}', true), set_config('app.tenant_id', $1, true), set_config('app.actor_id', $2, true), set_config('app.request_id', $3, true)`;
 
-const setupParams = (s: TransactionSetup) => [s.tenantId, s.actorId, s.requestId];
+const setupParams = (s: Omit<TransactionSetup, "snapshot">) => [s.tenantId, s.actorId, s.requestId];
 
 /** BIGINT as a JavaScript number, refusing values that a number cannot hold exactly. */
 function parseBigint(text: string): number {
@@ -106,6 +112,16 @@ export function postgresEngine(options: {
   return {
     kind: "postgres",
     transaction,
+    async readOnce(setup, sql, params) {
+      const client = await pool.connect();
+      try {
+        return await queryWithPrefix(client, { text: SETUP_SQL, values: setupParams(setup) }, sql, params);
+      } finally {
+        // Also after an error: the Sync went out with the statement, so whatever the next user sends runs after
+        // this implicit transaction ended; pg-pool retires the client itself if the error was the connection's.
+        client.release();
+      }
+    },
     async withOwnerSession(fn) {
       const client = new pg.Client({ connectionString: options.ownerUrl, types });
       await client.connect();
@@ -148,6 +164,13 @@ export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
             return { rows: result.rows as never[], affectedRows: result.affectedRows };
           },
         });
+      });
+    },
+    // No round trips to save in-process: a plain transaction.
+    readOnce(setup, sql, params) {
+      return pglite.transaction(async (tx) => {
+        await tx.query(SETUP_SQL, setupParams(setup));
+        return (await tx.query(sql, params as unknown[])).rows as never[];
       });
     },
     async withOwnerSession(fn) {

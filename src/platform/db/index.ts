@@ -9,3 +9,4 @@ export { PLATFORM_TABLES } from "./platform-tables.ts";
 export { APP_ROLE, OWNER_ROLE } from "./roles.ts";
 export { inspectRuntimeRole, runtimeRoleProblems, UnsafeRuntimeRoleError } from "./runtime-role.ts";
 export type { Tables } from "./schema.ts";
+export type { SelectQuery } from "./select-query.ts";
