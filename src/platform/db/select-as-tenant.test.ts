@@ -167,57 +167,60 @@ describe.each(DATABASE_KINDS)("selectAsTenant on %s", (kind) => {
 });
 
 // PostgreSQL only: PGlite has no pipelined client. Generated only when PostgreSQL is configured, never skipped.
-describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))("queryWithPrefix on a pipelined %s client", (kind) => {
-  let t: TestDatabase;
-  let client: pg.Client;
-  let a: Tenant;
-  let b: Tenant;
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
-    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
-    client = new pg.Client({ connectionString: t.url, pipeline: true } as pg.ClientConfig);
-    await client.connect();
-  });
-  afterAll(async () => {
-    await client?.end();
-    await t?.close();
-  });
-
-  const settings = "SELECT tenant_id::text AS tenant, current_user AS role FROM tenant_settings";
-  const asTenant = (tenantId: string) => ({ text: SETUP_SQL, values: [tenantId, "", ""] });
-  // Outside a transaction, as the login superuser: no role, no tenant, and row-level security bypassed.
-  const session = "SELECT current_user AS role, current_setting('app.tenant_id', true) AS tenant";
-
-  it("drops the prefix's result and ends its settings with the statement", async () => {
-    expect(await queryWithPrefix(client, asTenant(a.id), settings, [])).toEqual([
-      { tenant: a.id, role: "charter_app" },
-    ]);
-    expect((await client.query(session)).rows).toEqual([{ role: "postgres", tenant: "" }]);
-  });
-
-  it("survives failures in the prefix and in the statement", async () => {
-    await expect(queryWithPrefix(client, asTenant("not a uuid"), settings, [])).rejects.toThrow(/uuid/);
-    await expect(queryWithPrefix(client, asTenant(a.id), "SELECT 1 / $1::int", [0])).rejects.toThrow(/division/);
-    await expect(queryWithPrefix(client, asTenant(a.id), "SELEC 1", [])).rejects.toThrow(/syntax/);
-    expect((await client.query(session)).rows).toEqual([{ role: "postgres", tenant: "" }]);
-  });
-
-  it("keeps results apart when many are in flight with plain queries between them", async () => {
-    const sent = Array.from({ length: 60 }, (_, i) => {
-      if (i % 4 === 3) return client.query(session).then((r) => ({ kind: "session", rows: r.rows }));
-      if (i % 10 === 5) return queryWithPrefix(client, asTenant(a.id), "SELECT 1 / 0", []).catch(() => "error");
-      const tenant = i % 2 === 0 ? a : b;
-      return queryWithPrefix(client, asTenant(tenant.id), settings, []).then((rows) => ({ tenant, rows }));
+describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))(
+  "queryWithPrefix on a pipelined %s client",
+  (kind) => {
+    let t: TestDatabase;
+    let client: pg.Client;
+    let a: Tenant;
+    let b: Tenant;
+    beforeAll(async () => {
+      t = await openTestDatabase(kind);
+      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
+      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
+      client = new pg.Client({ connectionString: t.url, pipeline: true } as pg.ClientConfig);
+      await client.connect();
     });
-    const results = await Promise.all(sent);
-    for (const [i, result] of results.entries()) {
-      if (i % 4 === 3) expect(result).toEqual({ kind: "session", rows: [{ role: "postgres", tenant: "" }] });
-      else if (i % 10 === 5) expect(result).toBe("error");
-      else {
-        const { tenant, rows } = result as { tenant: Tenant; rows: unknown[] };
-        expect(rows).toEqual([{ tenant: tenant.id, role: "charter_app" }]);
+    afterAll(async () => {
+      await client?.end();
+      await t?.close();
+    });
+
+    const settings = "SELECT tenant_id::text AS tenant, current_user AS role FROM tenant_settings";
+    const asTenant = (tenantId: string) => ({ text: SETUP_SQL, values: [tenantId, "", ""] });
+    // Outside a transaction, as the login superuser: no role, no tenant, and row-level security bypassed.
+    const session = "SELECT current_user AS role, current_setting('app.tenant_id', true) AS tenant";
+
+    it("drops the prefix's result and ends its settings with the statement", async () => {
+      expect(await queryWithPrefix(client, asTenant(a.id), settings, [])).toEqual([
+        { tenant: a.id, role: "charter_app" },
+      ]);
+      expect((await client.query(session)).rows).toEqual([{ role: "postgres", tenant: "" }]);
+    });
+
+    it("survives failures in the prefix and in the statement", async () => {
+      await expect(queryWithPrefix(client, asTenant("not a uuid"), settings, [])).rejects.toThrow(/uuid/);
+      await expect(queryWithPrefix(client, asTenant(a.id), "SELECT 1 / $1::int", [0])).rejects.toThrow(/division/);
+      await expect(queryWithPrefix(client, asTenant(a.id), "SELEC 1", [])).rejects.toThrow(/syntax/);
+      expect((await client.query(session)).rows).toEqual([{ role: "postgres", tenant: "" }]);
+    });
+
+    it("keeps results apart when many are in flight with plain queries between them", async () => {
+      const sent = Array.from({ length: 60 }, (_, i) => {
+        if (i % 4 === 3) return client.query(session).then((r) => ({ kind: "session", rows: r.rows }));
+        if (i % 10 === 5) return queryWithPrefix(client, asTenant(a.id), "SELECT 1 / 0", []).catch(() => "error");
+        const tenant = i % 2 === 0 ? a : b;
+        return queryWithPrefix(client, asTenant(tenant.id), settings, []).then((rows) => ({ tenant, rows }));
+      });
+      const results = await Promise.all(sent);
+      for (const [i, result] of results.entries()) {
+        if (i % 4 === 3) expect(result).toEqual({ kind: "session", rows: [{ role: "postgres", tenant: "" }] });
+        else if (i % 10 === 5) expect(result).toBe("error");
+        else {
+          const { tenant, rows } = result as { tenant: Tenant; rows: unknown[] };
+          expect(rows).toEqual([{ tenant: tenant.id, role: "charter_app" }]);
+        }
       }
-    }
-  });
-});
+    });
+  },
+);
