@@ -3,12 +3,20 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readMigrations } from "../src/platform/db/migrate.ts";
 import { APP_ROLE } from "../src/platform/db/roles.ts";
 import { giveTenantTableToRuntimeRole } from "./fixtures/unsafe-runtime-role.ts";
 import { type CliResult, cliEnv, freePort, runCharter, STACK_FRAME } from "./support/cli.ts";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/databases.ts";
 
-const CONTROL_IDS = ["db.runtime-role", "db.tenancy-catalog", "db.migrations", "keys.master-key", "tls.settings"];
+const CONTROL_IDS = [
+  "db.runtime-role",
+  "db.tenancy-catalog",
+  "privacy.data-inventory",
+  "db.migrations",
+  "keys.master-key",
+  "tls.settings",
+];
 
 /** Doctor's report, one control per line: `PASS  id [promises]  evidence`. */
 function doctorLines(result: CliResult): { status: string; id: string; line: string }[] {
@@ -67,7 +75,9 @@ describe.each(DATABASE_KINDS)("charter migrate, doctor and start on %s", (kind) 
   it("migrate on a fresh data directory, then doctor: every control passes", async () => {
     const migrate = await runCharter(["migrate"], env);
     expect(migrate.code).toBe(0);
-    expect(migrate.stdout.trim()).toBe(kind === "pglite" ? "applied 1 migrations" : "the database is up to date");
+    expect(migrate.stdout.trim()).toBe(
+      kind === "pglite" ? `applied ${readMigrations().length} migrations` : "the database is up to date",
+    );
     // The first command on a data directory creates the master key, loudly, as start would.
     expect(migrate.stderr).toContain("generated a new master key");
     expect(existsSync(keyPath())).toBe(true);

@@ -208,10 +208,11 @@ export const pgliteParsers = { 20: parseBigint };
 
 /** The embedded database in `dataDir/db`, held by this process alone through a lock file. */
 export async function pgliteEngine(dataDir: string): Promise<Engine> {
-  // Created here, private to the service's user, before PGlite would create it world-readable.
-  mkdirSync(join(dataDir, "db"), { recursive: true, mode: 0o700 });
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const lock = acquireDataDirLock(join(dataDir, "db.lock"));
   try {
+    // Created here, private to the service's user, before PGlite would create it world-readable.
+    mkdirSync(join(dataDir, "db"), { recursive: true, mode: 0o700 });
     const pglite = new PGlite({ dataDir: join(dataDir, "db"), parsers: pgliteParsers });
     await pglite.waitReady;
     return pgliteEngineFrom(pglite, lock.release);

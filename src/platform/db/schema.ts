@@ -10,6 +10,7 @@ export interface Tables {
   tenant_features: TenantFeaturesTable;
   rate_limit_buckets: RateLimitBucketsTable;
   schema_migrations: SchemaMigrationsTable;
+  legal_holds: LegalHoldsTable;
 }
 
 export interface TenantsTable {
@@ -49,4 +50,21 @@ export interface SchemaMigrationsTable {
   name: string;
   checksum: string;
   applied_at: Generated<Date>;
+}
+
+export interface LegalHoldsTable {
+  tenant_id: string;
+  id: string;
+  scope: "tenant" | "subject" | "record-type";
+  /** The CRM subject held (scope "subject" only). */
+  subject_id: string | null;
+  /** The inventory table whose rows are held (scope "record-type" only). */
+  record_type: string | null;
+  reason: string;
+  placed_by_kind: "user" | "api-key" | "operator" | "system";
+  /** A membership, API key or operator id; null only for the system. */
+  placed_by_id: string | null;
+  placed_at: ColumnType<Date, Date | string, never>;
+  expires_at: ColumnType<Date | null, Date | string | null, Date | string | null>;
+  released_at: ColumnType<Date | null, Date | string | null, Date | string | null>;
 }

@@ -4,6 +4,7 @@ import { isIP } from "node:net";
 import { keyFileCheck } from "../crypto/master-key.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
+import { inventoryCatalogProblems, PLATFORM_INVENTORY, validateInventory } from "../inventory/index.ts";
 import type { Control } from "./controls.ts";
 
 const runtimeRole: Control = {
@@ -37,6 +38,22 @@ const tenancyCatalog: Control = {
           evidence:
             "every tenant table forces row-level security with the tenant policy; keys, unique constraints and foreign keys include tenant_id",
         };
+  },
+};
+
+const dataInventory: Control = {
+  id: "privacy.data-inventory",
+  title: "Every column of every table is classified in the data inventory",
+  promises: ["P1"],
+  period: "PT1H",
+  async check({ db }) {
+    const problems = [
+      ...validateInventory(PLATFORM_INVENTORY),
+      ...(await db.withPlatform((tx) => inventoryCatalogProblems(tx, PLATFORM_INVENTORY))),
+    ];
+    return problems.length > 0
+      ? { ok: false, evidence: problems.join("; ") }
+      : { ok: true, evidence: "every column is classified (category, purpose, legal basis, erasure, retention)" };
   },
 };
 
@@ -112,4 +129,11 @@ const tlsSettings: Control = {
   },
 };
 
-export const KERNEL_CONTROLS: Control[] = [runtimeRole, tenancyCatalog, migrations, masterKeyFile, tlsSettings];
+export const KERNEL_CONTROLS: Control[] = [
+  runtimeRole,
+  tenancyCatalog,
+  dataInventory,
+  migrations,
+  masterKeyFile,
+  tlsSettings,
+];
