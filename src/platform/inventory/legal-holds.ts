@@ -1,5 +1,7 @@
+import type { Selectable } from "kysely";
 import type { Clock } from "../clock.ts";
 import type { Tx } from "../db/index.ts";
+import type { LegalHoldsTable } from "../db/schema.ts";
 import { isUuid, uuidv7 } from "../ids.ts";
 
 /**
@@ -121,21 +123,7 @@ export async function isHeld(tx: Tx, query: HoldQuery, at: Date): Promise<boolea
   return row !== undefined;
 }
 
-interface HoldRow {
-  tenant_id: string;
-  id: string;
-  scope: "tenant" | "subject" | "record-type";
-  subject_id: string | null;
-  record_type: string | null;
-  reason: string;
-  placed_by_kind: "user" | "api-key" | "operator" | "system";
-  placed_by_id: string | null;
-  placed_at: Date;
-  expires_at: Date | null;
-  released_at: Date | null;
-}
-
-function toHold(row: HoldRow): LegalHold {
+function toHold(row: Selectable<LegalHoldsTable>): LegalHold {
   const scope: HoldScope =
     row.scope === "subject"
       ? { scope: "subject", subjectId: row.subject_id as string }
