@@ -14,6 +14,7 @@ import type { Config } from "../../config.ts";
 import type { Clock } from "../clock.ts";
 import type { Database } from "../db/index.ts";
 import { isUuid, uuidv7 } from "../ids.ts";
+import { logOptions } from "../log.ts";
 import type { RateLimiter } from "../ratelimit/limiter.ts";
 import { isFeatureEnabled } from "../tenancy/features.ts";
 import { findTenant } from "../tenancy/tenants.ts";
@@ -105,18 +106,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     requestIdHeader: false,
     forceCloseConnections: "idle",
     return503OnClosing: true,
-    logger:
-      deps.log === false
-        ? false
-        : {
-            level: deps.config.logLevel,
-            // Logs carry no personal data (L5): no addresses, headers, query strings or bodies.
-            serializers: {
-              req: (req) => ({ id: req.id, method: req.method, path: req.url.split("?")[0] }),
-              res: (res) => ({ statusCode: res.statusCode }),
-            },
-            redact: { paths: ["req.headers", "headers.authorization", "headers.cookie"], remove: true },
-          },
+    // Logs carry no personal data (L5): the options live in platform/log.ts.
+    logger: deps.log === false ? false : logOptions(deps.config.logLevel),
   }).withTypeProvider<ZodTypeProvider>();
 
   app.setValidatorCompiler(validatorCompiler);
