@@ -1,4 +1,4 @@
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, linkSync, openSync, readFileSync, unlinkSync, writeSync } from "node:fs";
 
 /** Another live process holds the embedded database. */
 export class DataDirLocked extends Error {
@@ -28,9 +28,20 @@ function alive(pid: number): boolean {
 export function acquireDataDirLock(path: string): { release: () => void } {
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const fd = openSync(path, "wx", 0o600);
-      writeSync(fd, JSON.stringify({ pid: process.pid, since: new Date().toISOString() }));
-      closeSync(fd);
+      // Written in full under a private name, then linked into place: the link either appears complete or
+      // fails with EEXIST, so no other process ever reads a half-written lock and takes it for stale.
+      const draft = `${path}.${process.pid}.draft`;
+      const fd = openSync(draft, "w", 0o600);
+      try {
+        writeSync(fd, JSON.stringify({ pid: process.pid, since: new Date().toISOString() }));
+      } finally {
+        closeSync(fd);
+      }
+      try {
+        linkSync(draft, path);
+      } finally {
+        unlinkSync(draft);
+      }
       let held = true;
       return {
         release: () => {
