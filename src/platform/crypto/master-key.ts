@@ -1,9 +1,10 @@
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, realpathSync, statSync, writeSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { basename, dirname, isAbsolute, join, relative, resolve } from "node:path";
 import { inspect } from "node:util";
 import type { MasterKeySource } from "../../config.ts";
 import type { DataDirPaths } from "../data-dir.ts";
+import { createPrivateKeyFile, modeText, readPrivateKeyFile } from "./key-file.ts";
 
 /** AES-256. */
 const KEY_BYTES = 32;
@@ -56,10 +57,6 @@ export class MasterKey {
   }
 }
 
-function modeText(mode: number): string {
-  return (mode & 0o777).toString(8).padStart(4, "0");
-}
-
 /** How errors name a key file: by the variable that configured it, or as the generated default. */
 function fileLabel(source: Extract<MasterKeySource, { path: string }>): string {
   return source.kind === "file" ? `CHARTER_MASTER_KEY_FILE ${source.path}` : `master key file ${source.path}`;
@@ -106,63 +103,26 @@ function refuseInsideDatabase(source: Extract<MasterKeySource, { path: string }>
 
 function readKeyFile(source: Extract<MasterKeySource, { path: string }>): MasterKey {
   const label = fileLabel(source);
-  let fd: number;
-  try {
-    fd = openSync(source.path, "r");
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new MasterKeyError(`${label} does not exist`);
-    throw new MasterKeyError(`${label} cannot be opened (${code ?? String(error)})`);
+  const content = readPrivateKeyFile(source.path, label, MAX_FILE_BYTES, (m) => new MasterKeyError(m));
+  const key = content.length === KEY_BYTES ? content : decodeText(content.toString("latin1"));
+  if (!key) {
+    throw new MasterKeyError(
+      `${label} must hold exactly 32 raw bytes, 44 base64 or 64 hex characters (it holds ${content.length} bytes)`,
+    );
   }
-  try {
-    // Checked on the open descriptor, so the file that is vetted is the file that is read.
-    const stats = fstatSync(fd);
-    if (!stats.isFile()) throw new MasterKeyError(`${label} is not a regular file`);
-    if ((stats.mode & 0o077) !== 0) {
-      throw new MasterKeyError(
-        `${label} has mode ${modeText(stats.mode)}: group or others can read or write it; fix: chmod 600 ${source.path}`,
-      );
-    }
-    if (stats.size > MAX_FILE_BYTES) throw new MasterKeyError(`${label} is ${stats.size} bytes, too large for a key`);
-    const content = readFileSync(fd);
-    const key = content.length === KEY_BYTES ? content : decodeText(content.toString("latin1"));
-    if (!key) {
-      throw new MasterKeyError(
-        `${label} must hold exactly 32 raw bytes, 44 base64 or 64 hex characters (it holds ${content.length} bytes)`,
-      );
-    }
-    return new MasterKey(key);
-  } finally {
-    closeSync(fd);
-  }
+  return new MasterKey(key);
 }
 
 /** Writes a new key with an exclusive create; undefined if another start created the file first. */
 function generateKeyFile(path: string): MasterKey | undefined {
   const key = new MasterKey(randomBytes(KEY_BYTES));
-  let fd: number;
-  try {
-    fd = openSync(path, "wx", 0o600);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "EEXIST") return undefined;
-    throw new MasterKeyError(
-      `master key file ${path} cannot be created (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
-    );
-  }
-  try {
-    writeSync(fd, `${key.bytes().toString("base64")}\n`);
-    // A key lost in a crash makes everything encrypted under it unreadable: flush file and directory entry.
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
-  return key;
+  const created = createPrivateKeyFile(
+    path,
+    `master key file ${path}`,
+    `${key.bytes().toString("base64")}\n`,
+    (m) => new MasterKeyError(m),
+  );
+  return created ? key : undefined;
 }
 
 /**

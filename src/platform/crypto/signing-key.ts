@@ -7,10 +7,10 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from "node:crypto";
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { inspect } from "node:util";
 import type { DataDirPaths } from "../data-dir.ts";
+import { createPrivateKeyFile, readPrivateKeyFile } from "./key-file.ts";
 
 /** A PKCS#8 PEM Ed25519 key is about 120 bytes; a bigger file is refused before it is read. */
 const MAX_FILE_BYTES = 4096;
@@ -23,10 +23,6 @@ export class SigningKeyError extends Error {
 /** Where the platform's signing key lives: `keys/` of the data directory, outside the database. */
 export function signingKeyPath(paths: DataDirPaths): string {
   return join(paths.keys, "signing.key");
-}
-
-function modeText(mode: number): string {
-  return (mode & 0o777).toString(8).padStart(4, "0");
 }
 
 function rawPublicKey(publicKey: KeyObject): Buffer {
@@ -85,64 +81,30 @@ export class SigningKey {
 
 function readKeyFile(path: string): SigningKey {
   const label = `signing key file ${path}`;
-  let fd: number;
+  const pem = readPrivateKeyFile(path, label, MAX_FILE_BYTES, (m) => new SigningKeyError(m));
+  let key: KeyObject;
   try {
-    fd = openSync(path, "r");
-  } catch (error) {
-    throw new SigningKeyError(`${label} cannot be opened (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+    key = createPrivateKey({ key: pem, format: "pem" });
+  } catch {
+    // The parser's message is not echoed: it could quote the file.
+    throw new SigningKeyError(`${label} does not hold a PKCS#8 PEM private key`);
   }
-  try {
-    // Checked on the open descriptor, so the file that is vetted is the file that is read.
-    const stats = fstatSync(fd);
-    if (!stats.isFile()) throw new SigningKeyError(`${label} is not a regular file`);
-    if ((stats.mode & 0o077) !== 0) {
-      throw new SigningKeyError(
-        `${label} has mode ${modeText(stats.mode)}: group or others can read or write it; fix: chmod 600 ${path}`,
-      );
-    }
-    if (stats.size > MAX_FILE_BYTES) throw new SigningKeyError(`${label} is ${stats.size} bytes, too large for a key`);
-    let key: KeyObject;
-    try {
-      key = createPrivateKey({ key: readFileSync(fd), format: "pem" });
-    } catch {
-      // The parser's message is not echoed: it could quote the file.
-      throw new SigningKeyError(`${label} does not hold a PKCS#8 PEM private key`);
-    }
-    if (key.asymmetricKeyType !== "ed25519") {
-      throw new SigningKeyError(`${label} holds a ${key.asymmetricKeyType ?? "unknown"} key, not Ed25519`);
-    }
-    return new SigningKey(key);
-  } finally {
-    closeSync(fd);
+  if (key.asymmetricKeyType !== "ed25519") {
+    throw new SigningKeyError(`${label} holds a ${key.asymmetricKeyType ?? "unknown"} key, not Ed25519`);
   }
+  return new SigningKey(key);
 }
 
 /** Writes a new key with an exclusive create; undefined if another start created the file first. */
 function generateKeyFile(path: string): SigningKey | undefined {
   const { privateKey } = generateKeyPairSync("ed25519");
-  let fd: number;
-  try {
-    fd = openSync(path, "wx", 0o600);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === "EEXIST") return undefined;
-    throw new SigningKeyError(
-      `signing key file ${path} cannot be created (${(error as NodeJS.ErrnoException).code ?? String(error)})`,
-    );
-  }
-  try {
-    writeSync(fd, privateKey.export({ format: "pem", type: "pkcs8" }).toString());
-    // Signatures already handed out must stay verifiable: flush file and directory entry.
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
-  return new SigningKey(privateKey);
+  const created = createPrivateKeyFile(
+    path,
+    `signing key file ${path}`,
+    privateKey.export({ format: "pem", type: "pkcs8" }).toString(),
+    (m) => new SigningKeyError(m),
+  );
+  return created ? new SigningKey(privateKey) : undefined;
 }
 
 /**
