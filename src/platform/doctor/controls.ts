@@ -7,6 +7,11 @@ export interface Evidence {
   evidence: string;
 }
 
+/** Fails with the problems found, joined, or passes with `passed` when there are none. */
+export function evidenceFrom(problems: string[], passed: string): Evidence {
+  return problems.length > 0 ? { ok: false, evidence: problems.join("; ") } : { ok: true, evidence: passed };
+}
+
 export interface ControlContext {
   db: Database;
   config: Config;

@@ -5,7 +5,7 @@ import { keyFileCheck } from "../crypto/master-key.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
 import { inventoryCatalogProblems, PLATFORM_INVENTORY, validateInventory } from "../inventory/index.ts";
-import type { Control } from "./controls.ts";
+import { type Control, evidenceFrom } from "./controls.ts";
 
 const runtimeRole: Control = {
   id: "db.runtime-role",
@@ -15,12 +15,10 @@ const runtimeRole: Control = {
   async check({ db }) {
     const report = await inspectRuntimeRole(db);
     const problems = runtimeRoleProblems(report);
-    return problems.length > 0
-      ? { ok: false, evidence: problems.join("; ") }
-      : {
-          ok: true,
-          evidence: `requests run as ${report.role}: not a superuser, no BYPASSRLS, owns no tenant tables, cannot become a privileged role`,
-        };
+    return evidenceFrom(
+      problems,
+      `requests run as ${report.role}: not a superuser, no BYPASSRLS, owns no tenant tables, cannot become a privileged role`,
+    );
   },
 };
 
@@ -31,13 +29,10 @@ const tenancyCatalog: Control = {
   period: "PT1H",
   async check({ db }) {
     const violations = await db.withPlatform((tx) => catalogViolations(tx, PLATFORM_TABLES));
-    return violations.length > 0
-      ? { ok: false, evidence: violations.join("; ") }
-      : {
-          ok: true,
-          evidence:
-            "every tenant table forces row-level security with the tenant policy; keys, unique constraints and foreign keys include tenant_id",
-        };
+    return evidenceFrom(
+      violations,
+      "every tenant table forces row-level security with the tenant policy; keys, unique constraints and foreign keys include tenant_id",
+    );
   },
 };
 
@@ -51,9 +46,7 @@ const dataInventory: Control = {
       ...validateInventory(PLATFORM_INVENTORY),
       ...(await db.withPlatform((tx) => inventoryCatalogProblems(tx, PLATFORM_INVENTORY))),
     ];
-    return problems.length > 0
-      ? { ok: false, evidence: problems.join("; ") }
-      : { ok: true, evidence: "every column is classified (category, purpose, legal basis, erasure, retention)" };
+    return evidenceFrom(problems, "every column is classified (category, purpose, legal basis, erasure, retention)");
   },
 };
 
