@@ -302,13 +302,14 @@ function registerRoute(
   async function tenantFromPath(request: FastifyRequest): Promise<string> {
     const tenantId = (request.params as { tenantId?: string }).tenantId ?? "";
     if (!isUuid(tenantId)) throw new HttpProblem("not-found", "no such tenant");
-    const exists = await deps.db.withPlatform((tx) => findTenant(tx, tenantId));
+    const feature = route.feature;
+    // One tenant transaction answers both: the registry row (a platform table) and the feature switch.
+    const { exists, on } = await deps.db.withTenant({ tenantId }, async (tx) => ({
+      exists: (await findTenant(tx, tenantId)) !== undefined,
+      on: feature === undefined || (await isFeatureEnabled(tx, tenantId, feature)),
+    }));
     if (!exists) throw new HttpProblem("not-found", "no such tenant");
-    if (route.feature) {
-      const feature = route.feature;
-      const on = await deps.db.withTenant({ tenantId }, (tx) => isFeatureEnabled(tx, tenantId, feature));
-      if (!on) throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
-    }
+    if (!on) throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
     return tenantId;
   }
 
