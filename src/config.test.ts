@@ -19,6 +19,7 @@ describe("loadConfig", () => {
       logLevel: "info",
       trustedProxies: [],
       rateLimit: { perAddress: 1200, windowSeconds: 60 },
+      mail: { smtp: undefined, from: "Charter <charter@localhost>" },
     });
     expect(config.publicUrl.href).toBe("http://localhost:3000/");
   });
@@ -81,6 +82,32 @@ describe("loadConfig", () => {
     });
   });
 
+  it("reads SMTP from a URL: smtps is TLS from the start, smtp needs STARTTLS unless the host is loopback", () => {
+    const from = { CHARTER_MAIL_FROM: "Charter <no-reply@crm.example.com>" };
+    expect(loadConfig({ ...from, CHARTER_SMTP_URL: "smtp://mailer:p%40ss@smtp.example.com:2525" }).mail).toEqual({
+      smtp: { host: "smtp.example.com", port: 2525, secure: false, requireTls: true, user: "mailer", password: "p@ss" },
+      from: "Charter <no-reply@crm.example.com>",
+    });
+    expect(loadConfig({ ...from, CHARTER_SMTP_URL: "smtps://smtp.example.com" }).mail.smtp).toEqual({
+      host: "smtp.example.com",
+      port: 465,
+      secure: true,
+      requireTls: false,
+      user: undefined,
+      password: undefined,
+    });
+    for (const host of ["127.0.0.1", "localhost", "[::1]"]) {
+      expect(loadConfig({ ...from, CHARTER_SMTP_URL: `smtp://${host}` }).mail.smtp).toMatchObject({
+        port: 587,
+        requireTls: false,
+      });
+    }
+    expect(loadConfig({ CHARTER_MAIL_FROM: "ops@example.com" }).mail).toEqual({
+      smtp: undefined,
+      from: "ops@example.com",
+    });
+  });
+
   const bad: [string, Record<string, string>][] = [
     ["PORT", { PORT: "abc" }],
     ["PORT", { PORT: "70000" }],
@@ -101,6 +128,12 @@ describe("loadConfig", () => {
     ["PUBLIC_URL", { PUBLIC_URL: "ftp://x" }],
     ["PUBLIC_URL", { PUBLIC_URL: "not a url" }],
     ["CHARTER_RATE_LIMIT", { CHARTER_RATE_LIMIT: "0" }],
+    ["CHARTER_SMTP_URL", { CHARTER_SMTP_URL: "http://mail.example.com", CHARTER_MAIL_FROM: "a@b.c" }],
+    ["CHARTER_SMTP_URL", { CHARTER_SMTP_URL: "not a url", CHARTER_MAIL_FROM: "a@b.c" }],
+    ["CHARTER_SMTP_URL", { CHARTER_SMTP_URL: "smtp://mail.example.com/?pool=true", CHARTER_MAIL_FROM: "a@b.c" }],
+    ["CHARTER_MAIL_FROM", { CHARTER_SMTP_URL: "smtp://mail.example.com" }],
+    ["CHARTER_MAIL_FROM", { CHARTER_MAIL_FROM: "not an address" }],
+    ["CHARTER_MAIL_FROM", { CHARTER_MAIL_FROM: "a@b.c\r\nBcc: x@y.z" }],
   ];
   it.each(bad)("refuses a bad %s with a ConfigError naming it (%o)", (variable, env) => {
     let error: unknown;
@@ -121,6 +154,14 @@ describe("loadConfig", () => {
     expect(() => loadConfig({ DATABASE_URL: "postgres://admin:hunter2@db" })).toThrow(
       expect.objectContaining({ message: expect.not.stringContaining("hunter2") }),
     );
+  });
+
+  it("never echoes an SMTP URL, which may carry a password", () => {
+    for (const url of ["http://admin:hunter2@mail", "smtp://admin:hunter2@mail/path", "smtp://admin:hunter2@mail"]) {
+      expect(() => loadConfig({ CHARTER_SMTP_URL: url })).toThrow(
+        expect.objectContaining({ message: expect.not.stringContaining("hunter2") }),
+      );
+    }
   });
 });
 

@@ -17,6 +17,27 @@ export interface Config {
   /** CIDR list handed to Fastify's `trustProxy`; empty means forwarded headers are ignored. */
   trustedProxies: string[];
   rateLimit: RateLimitConfig;
+  mail: MailConfig;
+}
+
+export interface MailConfig {
+  /** Absent: no delivery; messages stay in the outbox (embedded mode), read with `charter mail outbox`. */
+  smtp: SmtpConfig | undefined;
+  /** The From address of every message: `address` or `Name <address>`. */
+  from: string;
+}
+
+/** From CHARTER_SMTP_URL. TLS is required (smtps:// or STARTTLS) unless the host is loopback. */
+export interface SmtpConfig {
+  host: string;
+  port: number;
+  /** smtps://: TLS from the first byte. */
+  secure: boolean;
+  /** smtp:// to a host that is not loopback: the connection fails unless STARTTLS succeeds. */
+  requireTls: boolean;
+  user: string | undefined;
+  /** Named `password` so that log redaction (log.ts) censors it should a config ever be logged. */
+  password: string | undefined;
 }
 
 export type MasterKeySource =
@@ -85,6 +106,60 @@ function cidr(entry: string, name: string): string {
     throw new ConfigError(`${name} entry "${entry}" is not an IP address or CIDR range`);
   }
   return entry;
+}
+
+const isLoopbackHost = (host: string) =>
+  host === "localhost" || host === "[::1]" || (isIPv4(host) && host.startsWith("127."));
+
+/** Never echoes the URL: it may carry the SMTP password. */
+function smtpConfig(env: Env): SmtpConfig | undefined {
+  const value = nonEmpty(env, "CHARTER_SMTP_URL");
+  if (value === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError("CHARTER_SMTP_URL is not a valid URL (expected smtp://user:password@host:587 or smtps://…)");
+  }
+  if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
+    throw new ConfigError(`CHARTER_SMTP_URL must start with smtp:// or smtps://, got ${url.protocol}//`);
+  }
+  if (url.hostname === "") throw new ConfigError("CHARTER_SMTP_URL must name a host");
+  if ((url.pathname !== "" && url.pathname !== "/") || url.search !== "" || url.hash !== "") {
+    throw new ConfigError(
+      "CHARTER_SMTP_URL must have no path, query or fragment: only smtp[s]://user:password@host:port",
+    );
+  }
+  const secure = url.protocol === "smtps:";
+  let user: string | undefined;
+  let password: string | undefined;
+  try {
+    user = url.username === "" ? undefined : decodeURIComponent(url.username);
+    password = url.password === "" ? undefined : decodeURIComponent(url.password);
+  } catch {
+    throw new ConfigError("CHARTER_SMTP_URL has a user or password that is not valid percent-encoding");
+  }
+  return {
+    host: url.hostname,
+    port: url.port === "" ? (secure ? 465 : 587) : Number(url.port),
+    secure,
+    requireTls: !secure && !isLoopbackHost(url.hostname),
+    user,
+    password,
+  };
+}
+
+/** `address` or `Name <address>` on one line. */
+const MAIL_FROM = /^(?:[^<>\r\n]*<[^\s@<>]+@[^\s@<>]+>|[^\s@<>]+@[^\s@<>]+)$/;
+
+function mailConfig(env: Env): MailConfig {
+  const smtp = smtpConfig(env);
+  const from = nonEmpty(env, "CHARTER_MAIL_FROM");
+  if (from !== undefined && !MAIL_FROM.test(from)) {
+    throw new ConfigError(`CHARTER_MAIL_FROM must be an address or "Name <address>", got ${JSON.stringify(from)}`);
+  }
+  if (smtp && from === undefined) throw new ConfigError("CHARTER_SMTP_URL is set but CHARTER_MAIL_FROM is not");
+  return { smtp, from: from ?? "Charter <charter@localhost>" };
 }
 
 function masterKeySource(env: Env, dataDir: string): MasterKeySource {
@@ -164,5 +239,6 @@ export function loadConfig(env: Env = process.env): Config {
       perAddress: integer(env, "CHARTER_RATE_LIMIT", 1200, 1, 10_000_000),
       windowSeconds: integer(env, "CHARTER_RATE_LIMIT_WINDOW", 60, 1, 86_400),
     },
+    mail: mailConfig(env),
   };
 }

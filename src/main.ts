@@ -1,6 +1,8 @@
 import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
+import { systemClock } from "./platform/clock.ts";
+import { createKeyRing } from "./platform/crypto/key-ring.ts";
 import { loadMasterKey, MasterKeyError } from "./platform/crypto/master-key.ts";
 import { DataDirError, prepareDataDir } from "./platform/data-dir.ts";
 import {
@@ -11,6 +13,7 @@ import {
   MigrationError,
   UnsafeRuntimeRoleError,
 } from "./platform/db/index.ts";
+import { createMailer, mailOutboxCommand, platformTemplates } from "./platform/mail/index.ts";
 import { controlSocketPath, runDoctor, runMigrate, startServer } from "./server.ts";
 
 /** Another process holds the embedded database and no server answers on its control socket. */
@@ -124,6 +127,26 @@ program
   .action(async () => {
     const cfg = config();
     report(await maintenance("doctor", cfg, (db) => runDoctor(db, cfg)).catch(fail));
+  });
+
+const mail = program.command("mail").description("outbound mail");
+
+mail
+  .command("outbox")
+  .description(
+    "list the newest 50 messages not delivered: the outbox (mail kept when no CHARTER_SMTP_URL is set, as in " +
+      "embedded mode) and messages the pre-send gate suppressed. This is how a developer on the embedded " +
+      "database reads mail, so recipients and messages are shown decrypted: it needs the master key",
+  )
+  .action(async () => {
+    const cfg = config();
+    const outbox = (db: Database) => {
+      const paths = prepareDataDir(cfg.dataDir);
+      // Reads only: no journal, so nothing here can touch the file the server appends to.
+      const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
+      return mailOutboxCommand(createMailer({ db, keyRing, clock: systemClock, templates: platformTemplates }));
+    };
+    report(await maintenance("mail-outbox", cfg, outbox).catch(fail));
   });
 
 await program.parseAsync(process.argv);

@@ -6,7 +6,11 @@ import { type Config, ConfigError } from "./config.ts";
 import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
 import { type Clock, systemClock } from "./platform/clock.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
+import { openJournal } from "./platform/crypto/journal.ts";
+import { type ReplayHandlers, replayJournal } from "./platform/crypto/journal-replay.ts";
+import { createKeyRing, type KeyRing } from "./platform/crypto/key-ring.ts";
 import { loadMasterKey } from "./platform/crypto/master-key.ts";
+import { loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { prepareDataDir } from "./platform/data-dir.ts";
 import { type Database, openConfiguredDatabase } from "./platform/db/index.ts";
 import { ControlRegistry, formatResults } from "./platform/doctor/controls.ts";
@@ -14,11 +18,16 @@ import { KERNEL_CONTROLS } from "./platform/doctor/kernel-controls.ts";
 import { buildApp } from "./platform/http/app.ts";
 import { kernelRoutes } from "./platform/http/kernel-routes.ts";
 import type { AnyRoute } from "./platform/http/routes.ts";
+import { createJobs, type Jobs } from "./platform/jobs/index.ts";
+import { createLogger } from "./platform/log.ts";
+import { createMailer, mailOutboxCommand, platformTemplates } from "./platform/mail/index.ts";
 import { createRateLimiter } from "./platform/ratelimit/limiter.ts";
 
 export interface RunningServer {
   app: FastifyInstance;
   db: Database;
+  keyRing: KeyRing;
+  jobs: Jobs;
   /** The address the server listens on. */
   url: string;
   /** Stops accepting, drains in-flight requests, and only then closes the database. */
@@ -55,7 +64,16 @@ function readTlsFile(variable: string, path: string): Buffer {
 /** Starts Charter: data directory, master key, database (migrated and checked), HTTP, control socket. */
 export async function startServer(
   config: Config,
-  options: { clock?: Clock; routes?: AnyRoute[]; log?: boolean; warn?: (message: string) => void } = {},
+  options: {
+    clock?: Clock;
+    routes?: AnyRoute[];
+    log?: boolean;
+    warn?: (message: string) => void;
+    /** What journalled destructions must re-run beyond the keys (journal-replay.ts). */
+    replayHandlers?: ReplayHandlers;
+    /** Registers job kinds and schedules before the queue starts. */
+    defineJobs?: (jobs: Jobs) => void;
+  } = {},
 ): Promise<RunningServer> {
   const clock = options.clock ?? systemClock;
   const paths = prepareDataDir(config.dataDir);
@@ -67,9 +85,18 @@ export async function startServer(
   };
   const db = await openConfiguredDatabase(config);
   const rateLimiter = createRateLimiter({ db, clock, hashKey: deriveKey(masterKey.bytes(), "rate-limit/v1") });
+  const jobs = createJobs({ db, clock, log: createLogger(options.log === false ? "silent" : config.logLevel) });
+  options.defineJobs?.(jobs);
   let socket: Server | undefined;
   let app: FastifyInstance | undefined;
   try {
+    // After the database checks, so a start they refuse generates no signing key; a tampered journal stops here.
+    const journal = openJournal({ dir: paths.journal, signingKey: loadSigningKey(paths, options.warn), clock });
+    const keyRing = createKeyRing({ db, masterKey, clock, journal });
+    await keyRing.ensurePlatformKey();
+    // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
+    await replayJournal({ db, journal, clock, handlers: options.replayHandlers });
+    await jobs.start();
     const self = () => app as FastifyInstance;
     app = await buildApp({
       config,
@@ -84,6 +111,7 @@ export async function startServer(
     socket = await serveControlSocket(controlSocketPath(config), {
       doctor: () => runDoctor(db, config),
       migrate: () => runMigrate(db),
+      "mail-outbox": () => mailOutboxCommand(createMailer({ db, keyRing, clock, templates: platformTemplates })),
     });
     const running = app;
     const openSocket = socket;
@@ -91,11 +119,14 @@ export async function startServer(
     return {
       app: running,
       db,
+      keyRing,
+      jobs,
       url,
       shutdown: () => {
         stopping ??= (async () => {
           await new Promise<void>((resolve) => openSocket.close(() => resolve()));
           await running.close();
+          await jobs.stop();
           await rateLimiter.close();
           await db.close();
         })();
@@ -105,6 +136,7 @@ export async function startServer(
   } catch (error) {
     socket?.close();
     await app?.close();
+    await jobs.stop();
     await rateLimiter.close();
     await db.close();
     throw error;

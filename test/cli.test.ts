@@ -1,12 +1,31 @@
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadConfig } from "../src/config.ts";
+import { systemClock } from "../src/platform/clock.ts";
+import { openJournal } from "../src/platform/crypto/journal.ts";
+import { createKeyRing } from "../src/platform/crypto/key-ring.ts";
+import { loadMasterKey } from "../src/platform/crypto/master-key.ts";
+import { loadSigningKey } from "../src/platform/crypto/signing-key.ts";
+import { prepareDataDir } from "../src/platform/data-dir.ts";
+import { openConfiguredDatabase } from "../src/platform/db/index.ts";
 import { readMigrations } from "../src/platform/db/migrate.ts";
 import { APP_ROLE } from "../src/platform/db/roles.ts";
+import { createMailer, platformTemplates } from "../src/platform/mail/index.ts";
+import { createTenant } from "../src/platform/tenancy/tenants.ts";
 import { giveTenantTableToRuntimeRole } from "./fixtures/unsafe-runtime-role.ts";
-import { type CliResult, cliEnv, freePort, runCharter, STACK_FRAME } from "./support/cli.ts";
+import {
+  type CharterProcess,
+  type CliResult,
+  cliEnv,
+  freePort,
+  runCharter,
+  STACK_FRAME,
+  spawnCharter,
+  waitUntilServing,
+} from "./support/cli.ts";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/databases.ts";
 
 const CONTROL_IDS = [
@@ -178,4 +197,105 @@ describe("a mistake to fix prints one line and no stack trace", () => {
     expect(result.code).toBe(2);
     expect(existsSync(lockPath)).toBe(true);
   });
+});
+
+/**
+ * `charter mail outbox`: with no CHARTER_SMTP_URL, mail stays in the outbox and this command is how a developer
+ * reads it, decrypted. Messages are recorded in-process with the data directory's own keys, then listed by
+ * the CLI: opening the database itself, and (PGlite) through the running server's control socket.
+ */
+describe.each(DATABASE_KINDS)("charter mail outbox on %s", (kind) => {
+  let root: string;
+  let env: NodeJS.ProcessEnv;
+  let postgres: TestDatabase | undefined;
+  let server: CharterProcess | undefined;
+  const ids: Record<string, string> = {};
+
+  beforeAll(async () => {
+    root = mkdtempSync(join(tmpdir(), `charter-mail-${kind}-`));
+    if (kind === "postgres") postgres = await openTestDatabase("postgres");
+    const vars = {
+      CHARTER_DATA_DIR: join(root, "data"),
+      PORT: String(await freePort()),
+      LOG_LEVEL: "warn",
+      ...(postgres?.url ? { DATABASE_URL: postgres.url } : {}),
+    };
+    env = cliEnv(vars);
+    const cfg = loadConfig(vars);
+    const paths = prepareDataDir(cfg.dataDir);
+    const quiet = () => {};
+    const journal = openJournal({ dir: paths.journal, signingKey: loadSigningKey(paths, quiet), clock: systemClock });
+    const db = await openConfiguredDatabase(cfg);
+    try {
+      const keyRing = createKeyRing({
+        db,
+        masterKey: loadMasterKey(cfg.masterKey, paths, quiet),
+        clock: systemClock,
+        journal,
+      });
+      const tenant = await createTenant(db, systemClock, { slug: `mail-${kind}`, name: "Acme" }, keyRing);
+      const mailer = createMailer({ db, keyRing, clock: systemClock, templates: platformTemplates });
+      const code = (value: string) => ({ template: "sign-in-code", data: { code: value, minutes: 10 } });
+      const common = { purpose: "security", channel: "email" } as const;
+      const toSubject = await db.withTenant({ tenantId: tenant.id }, (tx) =>
+        mailer.send(tx, {
+          ...common,
+          ...code("314159"),
+          tenantId: tenant.id,
+          subjectId: randomUUID(),
+          to: "olga@example.com",
+        }),
+      );
+      const toPerson = await db.withPlatform((tx) =>
+        mailer.send(tx, { ...common, ...code("271828"), personId: randomUUID(), to: "pia@example.com" }),
+      );
+      expect([toSubject.status, toPerson.status]).toEqual(["outbox", "outbox"]);
+      ids.subject = toSubject.ref.messageId;
+      ids.person = toPerson.ref.messageId;
+      ids.tenant = tenant.id;
+    } finally {
+      await db.close();
+    }
+  });
+
+  afterAll(async () => {
+    server?.kill("SIGKILL");
+    await server?.exited.catch(() => undefined);
+    await postgres?.close();
+    rmSync(root, { recursive: true, force: true });
+  });
+
+  function expectOutbox(result: CliResult): void {
+    expect(result).toMatchObject({ code: 0, stderr: "" });
+    const out = result.stdout;
+    expect(out).toMatch(new RegExp(`^\\S+Z  outbox  security  sign-in-code  platform  id ${ids.person}$`, "m"));
+    expect(out).toMatch(
+      new RegExp(`^\\S+Z  outbox  security  sign-in-code  tenant ${ids.tenant}  id ${ids.subject}$`, "m"),
+    );
+    expect(out).toContain(
+      "  To: pia@example.com\n  Subject: Your Charter sign-in code\n\n    Your sign-in code is 271828.",
+    );
+    expect(out).toContain(
+      "  To: olga@example.com\n  Subject: Your Charter sign-in code\n\n    Your sign-in code is 314159.",
+    );
+  }
+
+  it("lists the outbox with recipients and messages decrypted, opening the database itself", async () => {
+    expectOutbox(await runCharter(["mail", "outbox"], env));
+  }, 120_000);
+
+  it("says in its help that it shows mail decrypted, for reading mail on the embedded database", async () => {
+    const help = await runCharter(["mail", "outbox", "--help"], env);
+    expect(help.code).toBe(0);
+    expect(help.stdout.replace(/\s+/g, " ")).toContain(
+      "This is how a developer on the embedded database reads mail, so recipients and messages are shown decrypted",
+    );
+  });
+
+  it("while the server runs (on PGlite it holds the database: the CLI goes through its control socket)", async () => {
+    server = spawnCharter(["start"], env);
+    await waitUntilServing(`http://127.0.0.1:${env.PORT}/health`, server, 60_000);
+    expect(existsSync(join(root, "data", "db.lock"))).toBe(kind === "pglite");
+    expectOutbox(await runCharter(["mail", "outbox"], env));
+  }, 120_000);
 });

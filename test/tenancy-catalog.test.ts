@@ -1,6 +1,7 @@
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/platform/clock.ts";
+import { createTestKeyRing } from "../src/platform/crypto/testing.ts";
 import { catalogViolations, PLATFORM_TABLES } from "../src/platform/db/index.ts";
 import { uuidv7 } from "../src/platform/ids.ts";
 import { setFeature } from "../src/platform/tenancy/features.ts";
@@ -61,8 +62,8 @@ describe.each(DATABASE_KINDS)("tenancy catalog on %s", (kind) => {
     let a: Tenant;
     let b: Tenant;
     beforeAll(async () => {
-      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
-      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
+      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
+      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
       await t.db.withTenant({ tenantId: b.id }, (tx) =>
         setFeature(tx, systemClock, { tenantId: b.id, feature: "probe", enabled: true, changedBy: null }),
       );

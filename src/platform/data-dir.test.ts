@@ -25,9 +25,10 @@ describe("prepareDataDir", () => {
       keys: join(root, "keys"),
       checkpoints: join(root, "checkpoints"),
       journal: join(root, "journal"),
+      files: join(root, "files"),
       run: join(root, "run"),
     });
-    for (const dir of [paths.root, paths.keys, paths.checkpoints, paths.journal, paths.run]) {
+    for (const dir of [paths.root, paths.keys, paths.checkpoints, paths.journal, paths.files, paths.run]) {
       expect(statSync(dir).mode & 0o777).toBe(0o700);
     }
     expect(() => statSync(paths.db)).toThrow();
@@ -38,7 +39,7 @@ describe("prepareDataDir", () => {
     expect(prepareDataDir(root)).toEqual(prepareDataDir(root));
   });
 
-  for (const name of ["keys", "run"]) {
+  for (const name of ["keys", "run", "files"]) {
     it(`refuses a group-writable ${name}/ without changing it`, () => {
       const root = join(parent, "data");
       mkdirSync(join(root, name), { recursive: true });

@@ -12,6 +12,8 @@ export interface DataDirPaths {
   keys: string;
   checkpoints: string;
   journal: string;
+  /** Encrypted file blobs (the local blob store); no names or owners appear in it. */
+  files: string;
   /** The local control socket. */
   run: string;
 }
@@ -21,8 +23,11 @@ export class DataDirError extends Error {
   override name = "DataDirError";
 }
 
-/** Directories whose contents grant control or secrets: must not be open to group or others. */
-const PRIVATE = new Set(["keys", "run"]);
+/**
+ * Directories whose contents grant control or secrets, or reveal what is stored (how many files, how
+ * large, when): must not be open to group or others.
+ */
+const PRIVATE = new Set(["keys", "run", "files"]);
 
 function ensureDirectory(path: string, mustBePrivate: boolean): void {
   try {
@@ -52,9 +57,10 @@ export function prepareDataDir(dataDir: string): DataDirPaths {
     keys: join(root, "keys"),
     checkpoints: join(root, "checkpoints"),
     journal: join(root, "journal"),
+    files: join(root, "files"),
     run: join(root, "run"),
   };
-  for (const name of ["keys", "checkpoints", "journal", "run"] as const) {
+  for (const name of ["keys", "checkpoints", "journal", "files", "run"] as const) {
     ensureDirectory(paths[name], PRIVATE.has(name));
   }
   return paths;

@@ -37,52 +37,67 @@ interface SequenceRow {
 const TENANT_SETTING = "current_setting('app.tenant_id'";
 
 /**
- * Checks the live catalog against the tenancy rules of ARCHITECTURE.md (promises T1, T8) and returns
- * every violation in words. `platformTables` lists the tables allowed to have no tenant_id.
+ * Every schema of the database but PostgreSQL's own (`n` is the namespace), so that nothing hides in a second
+ * schema such as pg-boss's `pgboss`.
+ */
+export const CHARTER_SCHEMAS = sql.raw(
+  "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)'",
+);
+
+/** A relation's name as the checks report it: bare in the current schema, `schema.name` in any other. */
+export function relationName(relation: string, namespace: string) {
+  return sql.raw(
+    `CASE WHEN ${namespace}.nspname = current_schema() THEN ${relation}.relname::text ELSE ${namespace}.nspname || '.' || ${relation}.relname END`,
+  );
+}
+
+/**
+ * Checks the live catalog of every schema against the tenancy rules of ARCHITECTURE.md (promises T1, T8)
+ * and returns every violation in words. `platformTables` lists the tables allowed to have no tenant_id.
  */
 export async function catalogViolations(tx: Tx, platformTables: Readonly<Record<string, string>>): Promise<string[]> {
   const tables = (
     await sql<TableRow>`
-      SELECT c.relname AS name, c.relkind AS kind, c.relrowsecurity AS rls, c.relforcerowsecurity AS force_rls,
+      SELECT ${relationName("c", "n")} AS name, c.relkind AS kind, c.relrowsecurity AS rls, c.relforcerowsecurity AS force_rls,
              c.reloptions AS options,
              EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
                        AND NOT a.attisdropped) AS has_tenant_id
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p', 'v', 'm')
-       ORDER BY c.relname`.execute(tx)
+       WHERE ${CHARTER_SCHEMAS} AND c.relkind IN ('r', 'p', 'v', 'm')
+       ORDER BY 1`.execute(tx)
   ).rows;
   const policies = (
     await sql<PolicyRow>`
-      SELECT c.relname AS table, p.polname AS name, p.polcmd AS command,
+      SELECT ${relationName("c", "n")} AS table, p.polname AS name, p.polcmd AS command,
              pg_get_expr(p.polqual, p.polrelid) AS qual, pg_get_expr(p.polwithcheck, p.polrelid) AS with_check
         FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = current_schema()`.execute(tx)
+       WHERE ${CHARTER_SCHEMAS}`.execute(tx)
   ).rows;
   const constraints = (
     await sql<ConstraintRow>`
-      SELECT c.relname AS table, k.conname AS name, k.contype AS type,
+      SELECT ${relationName("c", "n")} AS table, k.conname AS name, k.contype AS type,
              array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY AS u(n, o)
                      JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o) AS columns,
-             r.relname AS referenced_table
+             ${relationName("r", "rn")} AS referenced_table
         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        LEFT JOIN pg_class r ON r.oid = k.confrelid
-       WHERE n.nspname = current_schema() AND k.contype IN ('p', 'u', 'f')`.execute(tx)
+        LEFT JOIN pg_class r ON r.oid = k.confrelid LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace
+       WHERE ${CHARTER_SCHEMAS} AND k.contype IN ('p', 'u', 'f')`.execute(tx)
   ).rows;
   const indexes = (
     await sql<IndexRow>`
-      SELECT c.relname AS table, i.relname AS name, x.indisunique AS unique,
+      SELECT ${relationName("c", "n")} AS table, i.relname AS name, x.indisunique AS unique,
              array(SELECT a.attname::text FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS u(n, o)
                      LEFT JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = u.n
                     ORDER BY u.o) AS columns
         FROM pg_index x JOIN pg_class c ON c.oid = x.indrelid JOIN pg_class i ON i.oid = x.indexrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = current_schema()`.execute(tx)
+       WHERE ${CHARTER_SCHEMAS}`.execute(tx)
   ).rows;
   const sequences = (
     await sql<SequenceRow>`
-      SELECT c.relname AS name, format_type(s.seqtypid, NULL) AS type
+      SELECT ${relationName("c", "n")} AS name, format_type(s.seqtypid, NULL) AS type
         FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = current_schema()`.execute(tx)
+       WHERE ${CHARTER_SCHEMAS}`.execute(tx)
   ).rows;
 
   const violations: string[] = [];

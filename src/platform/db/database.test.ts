@@ -3,6 +3,7 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { systemClock } from "../clock.ts";
+import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createTenant, type Tenant } from "../tenancy/tenants.ts";
 import { createDatabase, type Database, NestedTransactionError } from "./database.ts";
@@ -66,8 +67,8 @@ describe.each(DATABASE_KINDS)("database on %s", (kind) => {
   let b: Tenant;
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
-    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
+    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
+    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
   });
   afterAll(() => t?.close());
 
@@ -379,7 +380,7 @@ describe.each(DATABASE_KINDS)("database on %s", (kind) => {
           let late: Tenant | undefined;
           const { before, after, visited } = await t.db.withSnapshot(async (s) => {
             const before = await s.tenantIds();
-            late = await createTenant(other, systemClock, { slug: slug(), name: "Late" });
+            late = await createTenant(other, systemClock, { slug: slug(), name: "Late" }, createTestKeyRing(other));
             const visited: string[] = [];
             await s.forEachTenant(async (id) => {
               visited.push(id);
@@ -419,6 +420,9 @@ function countingEngine(): { engine: Engine; transactions: () => number } {
     },
     withOwnerSession: async () => {
       throw new Error("no owner session expected");
+    },
+    queueSql: async () => {
+      throw new Error("no SQL expected");
     },
     afterMigrate: async () => {},
     close: async () => {},

@@ -62,6 +62,13 @@ export interface Database {
    * it runs in its own short platform transaction after the rollback. Outside a transaction it throws.
    */
   recordOnFailure(record: FailureRecord): void;
+  /**
+   * For the job queue (pg-boss's `db` adapter) and nothing else: runs one statement with parameters, or a
+   * parameterless script of several (pg-boss's maintenance wraps its own BEGIN … COMMIT), as charter_app with
+   * no tenant set, in a transaction of its own. Returns the rows of every statement. Refused inside an open
+   * transaction (on PGlite it would wait forever): enqueue through the caller's Tx instead.
+   */
+  queueSql(sql: string, params?: readonly unknown[]): Promise<Record<string, unknown>[]>;
   /** Applies pending migrations as charter_owner; returns how many ran. */
   migrate(): Promise<number>;
   /** Migrations that the code has and the database does not (empty when current). */
@@ -198,6 +205,10 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
       const open = openFrame();
       if (!open) throw new Error("recordOnFailure needs an open transaction");
       open.failureRecords.push(record);
+    },
+    async queueSql(sql, params = []) {
+      refuseNesting("queueSql");
+      return engine.queueSql(sql, params);
     },
     async migrate() {
       // The owner session is a second session: on PGlite it would wait forever behind the open transaction.

@@ -28,6 +28,8 @@ export interface Engine {
    */
   readOnce<Row>(setup: Omit<TransactionSetup, "snapshot">, sql: string, params: readonly unknown[]): Promise<Row[]>;
   withOwnerSession<T>(fn: (session: OwnerSession) => Promise<T>): Promise<T>;
+  /** See `Database.queueSql`: one statement, or a parameterless script, as the runtime role with no tenant. */
+  queueSql(sql: string, params: readonly unknown[]): Promise<Record<string, unknown>[]>;
   /** Called once migrations are done: PGlite drops its superuser session to the runtime role here. */
   afterMigrate(): Promise<void>;
   close(): Promise<void>;
@@ -40,6 +42,23 @@ export interface Engine {
 export const SETUP_SQL = `SELECT set_config('role', '${APP_ROLE}', true), set_config('app.tenant_id', $1, true), set_config('app.actor_id', $2, true), set_config('app.request_id', $3, true)`;
 
 const setupParams = (s: Omit<TransactionSetup, "snapshot">) => [s.tenantId, s.actorId, s.requestId];
+
+const NO_CONTEXT: Omit<TransactionSetup, "snapshot"> = { tenantId: "", actorId: "", requestId: "" };
+
+/**
+ * SETUP_SQL with no tenant, actor or request, as a literal statement: the simple protocol that runs a script
+ * of several statements takes no parameters.
+ */
+const NO_CONTEXT_SETUP_SQL = SETUP_SQL.replace(/\$[123]/g, "''");
+
+/**
+ * The rows of a script run behind NO_CONTEXT_SETUP_SQL in one simple-protocol message: the setup's own result
+ * first, then one per statement (pg answers a single statement with one result, not a list).
+ */
+function scriptRows(results: { rows: unknown[] } | { rows: unknown[] }[]): Record<string, unknown>[] {
+  const list = Array.isArray(results) ? results : [results];
+  return list.slice(1).flatMap((r) => r.rows as Record<string, unknown>[]);
+}
 
 /** BIGINT as a JavaScript number, refusing values that a number cannot hold exactly. */
 function parseBigint(text: string): number {
@@ -144,6 +163,27 @@ export function postgresEngine(options: {
         await client.end();
       }
     },
+    async queueSql(sql, params) {
+      const client = await pool.connect();
+      let rows: Record<string, unknown>[];
+      try {
+        rows =
+          params.length > 0
+            ? await queryWithPrefix(client, { text: SETUP_SQL, values: setupParams(NO_CONTEXT) }, sql, params)
+            : // One simple-protocol message: its statements share one implicit transaction, which a BEGIN in the
+              // script turns into an explicit one, so the role entered first holds up to the script's own COMMIT.
+              scriptRows(await client.query(`${NO_CONTEXT_SETUP_SQL}; ${sql}`));
+      } catch (error) {
+        // A script that failed after its BEGIN leaves an aborted transaction open on the connection.
+        await client.query("ROLLBACK").then(
+          () => client.release(),
+          (rollbackError: Error) => client.release(rollbackError),
+        );
+        throw error;
+      }
+      client.release();
+      return rows;
+    },
     afterMigrate: async () => {},
     close: () => pool.end(),
   };
@@ -171,6 +211,17 @@ export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
       return pglite.transaction(async (tx) => {
         await tx.query(SETUP_SQL, setupParams(setup));
         return (await tx.query(sql, params as unknown[])).rows as never[];
+      });
+    },
+    // In a PGlite transaction, so that a script failing after its own BEGIN is rolled back before any other
+    // caller reaches the one session. A script's COMMIT ends the transaction early; PGlite's COMMIT then only warns.
+    queueSql(sql, params) {
+      return pglite.transaction(async (tx) => {
+        if (params.length > 0) {
+          await tx.query(SETUP_SQL, setupParams(NO_CONTEXT));
+          return (await tx.query(sql, params as unknown[])).rows as Record<string, unknown>[];
+        }
+        return scriptRows(await tx.exec(`${NO_CONTEXT_SETUP_SQL}; ${sql}`));
       });
     },
     async withOwnerSession(fn) {

@@ -1,4 +1,4 @@
-export { catalogViolations } from "./catalog.ts";
+export { CHARTER_SCHEMAS, catalogViolations, relationName } from "./catalog.ts";
 export type { Database, FailureRecord, PlatformContext, Snapshot, TenantContext } from "./database.ts";
 export { createDatabase, NestedTransactionError, openDatabase } from "./database.ts";
 export type { Tx } from "./kysely.ts";

@@ -30,6 +30,11 @@ export async function bootstrapRoles(query: OwnerQuery): Promise<void> {
     await query(createRoleSql(APP_ROLE));
     await query(`ALTER SCHEMA public OWNER TO ${OWNER_ROLE}`);
     await query(`GRANT USAGE ON SCHEMA public TO ${APP_ROLE}`);
+    // The job queue's tables live in a schema of their own (migration 0004), which the owner creates. The
+    // README's server set-up makes charter_owner the database's owner, which holds this already.
+    await query(
+      `DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO ${OWNER_ROLE}', current_database()); END $$`,
+    );
     return;
   }
   const [check] = await query<{ owner: boolean; app: boolean }>(

@@ -3,6 +3,7 @@ import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { systemClock } from "../clock.ts";
+import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createTenant, type Tenant } from "../tenancy/tenants.ts";
 import { type Database, NestedTransactionError } from "./database.ts";
@@ -50,9 +51,9 @@ describe.each(DATABASE_KINDS)("selectAsTenant on %s", (kind) => {
   const counts = new Map<string, number>();
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
-    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
-    c = await createTenant(t.db, systemClock, { slug: slug(), name: "C" });
+    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
+    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+    c = await createTenant(t.db, systemClock, { slug: slug(), name: "C" }, createTestKeyRing(t.db));
     for (const [tenant, count] of [
       [a, 3],
       [b, 5],
@@ -176,8 +177,8 @@ describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))(
     let b: Tenant;
     beforeAll(async () => {
       t = await openTestDatabase(kind);
-      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" });
-      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" });
+      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
+      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
       client = new pg.Client({ connectionString: t.url, pipeline: true } as pg.ClientConfig);
       await client.connect();
     });

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { z } from "zod";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { manualClock } from "../clock.ts";
+import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createRateLimiter, type RequestFacts } from "../ratelimit/limiter.ts";
 import { setFeature } from "../tenancy/features.ts";
@@ -236,7 +237,7 @@ describe("HTTP kernel on pglite", () => {
 
   beforeAll(async () => {
     t = await openTestDatabase("pglite");
-    tenant = await createTenant(t.db, manualClock(), { slug: newSlug(), name: "Acme" });
+    tenant = await createTenant(t.db, manualClock(), { slug: newSlug(), name: "Acme" }, createTestKeyRing(t.db));
     test = await buildTestApp({ db: t.db, routes, accessControl: double.access });
     app = test.app;
     await app.ready();
@@ -683,8 +684,8 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
 
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    tenant = await createTenant(t.db, clock, { slug: newSlug(), name: "Acme" });
-    other = await createTenant(t.db, clock, { slug: newSlug(), name: "Other" });
+    tenant = await createTenant(t.db, clock, { slug: newSlug(), name: "Acme" }, createTestKeyRing(t.db));
+    other = await createTenant(t.db, clock, { slug: newSlug(), name: "Other" }, createTestKeyRing(t.db));
     double.grant("alice", tenant.id, "notes:read");
     double.grant("alice", tenant.id, "reports:read");
     test = await buildTestApp({ db: t.db, routes, accessControl: double.access, clock });

@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import type { Tx } from "../db/index.ts";
+import { CHARTER_SCHEMAS, relationName, type Tx } from "../db/index.ts";
 import type { Inventory } from "./types.ts";
 import { inventoryTables } from "./validate.ts";
 
@@ -15,29 +15,30 @@ interface ForeignKeyRow {
 }
 
 /**
- * Compares the inventory with the live catalog of the current schema (promise P1): every column of every
+ * Compares the inventory with the live catalog of every schema (promise P1; pg-boss's tables go by
+ * `pgboss.name`): every column of every
  * table needs an entry, every entry needs its column, and a subject path step declared as a foreign key
  * must be one. Returns each problem in words.
  */
 export async function inventoryCatalogProblems(tx: Tx, inventory: Inventory): Promise<string[]> {
   const columns = (
     await sql<ColumnRow>`
-      SELECT c.relname AS table, a.attname AS column
+      SELECT ${relationName("c", "n")} AS table, a.attname AS column
         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-       WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
-       ORDER BY c.relname, a.attnum`.execute(tx)
+       WHERE ${CHARTER_SCHEMAS} AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped
+       ORDER BY 1, a.attnum`.execute(tx)
   ).rows;
   const foreignKeys = (
     await sql<ForeignKeyRow>`
-      SELECT c.relname AS table, r.relname AS referenced_table,
+      SELECT ${relationName("c", "n")} AS table, ${relationName("r", "rn")} AS referenced_table,
              array(SELECT a.attname::text FROM unnest(k.conkey) WITH ORDINALITY AS u(n, o)
                      JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.n ORDER BY u.o) AS columns,
              array(SELECT a.attname::text FROM unnest(k.confkey) WITH ORDINALITY AS u(n, o)
                      JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.n ORDER BY u.o)
                AS referenced_columns
         FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_class r ON r.oid = k.confrelid
-       WHERE n.nspname = current_schema() AND k.contype = 'f'`.execute(tx)
+        JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace
+       WHERE ${CHARTER_SCHEMAS} AND k.contype = 'f'`.execute(tx)
   ).rows;
 
   const problems: string[] = [];

@@ -1,3 +1,7 @@
+import { cryptoInventory } from "../crypto/inventory.ts";
+import { filesInventory } from "../files/inventory.ts";
+import { jobsInventory } from "../jobs/inventory.ts";
+import { mailInventory } from "../mail/inventory.ts";
 import { kernelInventory } from "./kernel.ts";
 import type { Inventory } from "./types.ts";
 
@@ -13,4 +17,10 @@ export { inventoryTables, validateInventory } from "./validate.ts";
  * add theirs here). Business modules cannot be imported by platform/, so the application composes
  * `[...PLATFORM_INVENTORY, ...each module's]` where it wires the modules; the catalog test checks that.
  */
-export const PLATFORM_INVENTORY: Inventory = [kernelInventory];
+export const PLATFORM_INVENTORY: Inventory = [
+  kernelInventory,
+  cryptoInventory,
+  mailInventory,
+  filesInventory,
+  jobsInventory,
+];

@@ -2,6 +2,7 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { manualClock } from "../clock.ts";
+import { createTestKeyRing } from "../crypto/testing.ts";
 import type { Tx } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
 import { createTenant, type Tenant } from "../tenancy/tenants.ts";
@@ -19,8 +20,8 @@ describe.each(DATABASE_KINDS)("legal holds on %s (P4, P9)", (kind) => {
 
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, clock, { slug: slug(), name: "A" });
-    b = await createTenant(t.db, clock, { slug: slug(), name: "B" });
+    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
+    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
   });
   afterAll(() => t?.close());
 
@@ -74,7 +75,7 @@ describe.each(DATABASE_KINDS)("legal holds on %s (P4, P9)", (kind) => {
   });
 
   it("a tenant hold covers every subject and record type; a record-type hold only its type", async () => {
-    const c = await createTenant(t.db, clock, { slug: slug(), name: "C" });
+    const c = await createTenant(t.db, clock, { slug: slug(), name: "C" }, createTestKeyRing(t.db));
     const inC = <T>(fn: (tx: Tx) => Promise<T>) => t.db.withTenant({ tenantId: c.id }, fn);
     const now = clock.now();
     await inC((tx) =>

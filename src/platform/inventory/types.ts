@@ -31,8 +31,11 @@ export const LEGAL_BASES = [
 ] as const;
 export type LegalBasis = (typeof LEGAL_BASES)[number] | "none";
 
-/** Which key of the hierarchy (ARCHITECTURE "Keys") a column is encrypted under. */
-export const KEY_SCOPES = ["platform", "user", "tenant", "subject"] as const;
+/**
+ * Which key of the hierarchy (ARCHITECTURE "Keys") a column is encrypted under; the words of the key ring
+ * (crypto/key-ring.ts KeyOwner). "person": a user of Charter or another person the platform holds data about.
+ */
+export const KEY_SCOPES = ["platform", "person", "tenant", "subject"] as const;
 export type KeyScope = (typeof KEY_SCOPES)[number];
 
 /**

@@ -21,7 +21,7 @@ const ISO_DURATION = /^P(?!$)(\d+Y)?(\d+M)?(\d+W)?(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(
 /** The key that erasing a subject of each kind destroys (ARCHITECTURE "Keys"). */
 const KEY_DESTROYED_BY_ERASURE: Record<SubjectKind, KeyScope> = {
   "crm-subject": "subject",
-  user: "user",
+  user: "person",
   tenant: "tenant",
 };
 
@@ -134,14 +134,14 @@ function columnProblems(
       fail(`crypto-shred under the ${scope} key, which erasure of a ${subjectKind} keeps`);
     }
   }
-  if (action === "keep-under-legal-hold" && (scope === "subject" || scope === "user")) {
+  if (action === "keep-under-legal-hold" && (scope === "subject" || scope === "person")) {
     fail(`kept under legal hold but encrypted under the ${scope} key, which erasure destroys`);
   }
   if (scope === "subject" && subjectKind !== "crm-subject") {
     fail(`encrypted under a subject key, but its rows belong to ${subjectKind ?? "no subject"}`);
   }
-  if (scope === "user" && subjectKind !== "user") {
-    fail(`encrypted under a user key, but its rows belong to ${subjectKind ?? "no subject"}`);
+  if (scope === "person" && subjectKind !== "user") {
+    fail(`encrypted under a person key, but its rows belong to ${subjectKind ?? "no subject"}`);
   }
   if (scope === "tenant" && t.owner !== "tenant" && subjectKind !== "tenant") {
     fail("encrypted under a tenant key on a platform table that belongs to no tenant");

@@ -1,4 +1,5 @@
 import type { Clock } from "../clock.ts";
+import type { KeyRing } from "../crypto/key-ring.ts";
 import type { Database, Tx } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
 
@@ -17,8 +18,14 @@ export interface Tenant {
   createdAt: Date;
 }
 
-/** Creates a tenant in the platform registry and its settings row inside the new tenant's context. */
-export async function createTenant(db: Database, clock: Clock, input: NewTenant): Promise<Tenant> {
+/** What creating a tenant needs of the key ring (crypto/key-ring.ts): the tenant's key, in its transaction. */
+export type TenantKeys = Pick<KeyRing, "createTenantKey">;
+
+/**
+ * Creates a tenant in the platform registry, its settings row and its key inside the new tenant's
+ * context: a tenant never exists without the key its data will be encrypted under.
+ */
+export async function createTenant(db: Database, clock: Clock, input: NewTenant, keys: TenantKeys): Promise<Tenant> {
   const id = uuidv7(clock.now().getTime());
   const now = clock.now();
   // One tenant transaction holds both rows: the registry row joins it through withPlatform.
@@ -34,6 +41,7 @@ export async function createTenant(db: Database, clock: Clock, input: NewTenant)
       .insertInto("tenant_settings")
       .values({ tenant_id: id, time_zone: input.timeZone ?? "UTC", locale: input.locale ?? "en", updated_at: now })
       .execute();
+    await keys.createTenantKey(tx, id);
     return { id, slug: tenant.slug, name: tenant.name, status: tenant.status, createdAt: tenant.created_at };
   });
 }
