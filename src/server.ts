@@ -8,7 +8,6 @@ import { type Clock, systemClock } from "./platform/clock.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
 import { openJournal } from "./platform/crypto/journal.ts";
 import { type ReplayHandlers, replayJournal } from "./platform/crypto/journal-replay.ts";
-import { createKeyRing, type KeyRing } from "./platform/crypto/key-ring.ts";
 import { loadMasterKey } from "./platform/crypto/master-key.ts";
 import { loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { prepareDataDir } from "./platform/data-dir.ts";
@@ -18,16 +17,16 @@ import { KERNEL_CONTROLS } from "./platform/doctor/kernel-controls.ts";
 import { buildApp } from "./platform/http/app.ts";
 import { kernelRoutes } from "./platform/http/kernel-routes.ts";
 import type { AnyRoute } from "./platform/http/routes.ts";
-import { createJobs, type Jobs } from "./platform/jobs/index.ts";
+import type { Jobs } from "./platform/jobs/index.ts";
 import { createLogger } from "./platform/log.ts";
-import { createMailer, mailOutboxCommand, platformTemplates } from "./platform/mail/index.ts";
+import { mailOutboxCommand } from "./platform/mail/index.ts";
 import { createRateLimiter } from "./platform/ratelimit/limiter.ts";
+import { createPlatformServices, type PlatformServices } from "./platform/services.ts";
 
 export interface RunningServer {
   app: FastifyInstance;
   db: Database;
-  keyRing: KeyRing;
-  jobs: Jobs;
+  services: PlatformServices;
   /** The address the server listens on. */
   url: string;
   /** Stops accepting, drains in-flight requests, and only then closes the database. */
@@ -85,14 +84,16 @@ export async function startServer(
   };
   const db = await openConfiguredDatabase(config);
   const rateLimiter = createRateLimiter({ db, clock, hashKey: deriveKey(masterKey.bytes(), "rate-limit/v1") });
-  const jobs = createJobs({ db, clock, log: createLogger(options.log === false ? "silent" : config.logLevel) });
-  options.defineJobs?.(jobs);
+  let services: PlatformServices | undefined;
   let socket: Server | undefined;
   let app: FastifyInstance | undefined;
   try {
     // After the database checks, so a start they refuse generates no signing key; a tampered journal stops here.
     const journal = openJournal({ dir: paths.journal, signingKey: loadSigningKey(paths, options.warn), clock });
-    const keyRing = createKeyRing({ db, masterKey, clock, journal });
+    const log = createLogger(options.log === false ? "silent" : config.logLevel);
+    services = createPlatformServices({ config, db, clock, paths, masterKey, journal, log });
+    const { keyRing, jobs, mailer } = services;
+    options.defineJobs?.(jobs);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
     await replayJournal({ db, journal, clock, handlers: options.replayHandlers });
@@ -111,7 +112,7 @@ export async function startServer(
     socket = await serveControlSocket(controlSocketPath(config), {
       doctor: () => runDoctor(db, config),
       migrate: () => runMigrate(db),
-      "mail-outbox": () => mailOutboxCommand(createMailer({ db, keyRing, clock, templates: platformTemplates })),
+      "mail-outbox": () => mailOutboxCommand(mailer),
     });
     const running = app;
     const openSocket = socket;
@@ -119,8 +120,7 @@ export async function startServer(
     return {
       app: running,
       db,
-      keyRing,
-      jobs,
+      services,
       url,
       shutdown: () => {
         stopping ??= (async () => {
@@ -136,7 +136,7 @@ export async function startServer(
   } catch (error) {
     socket?.close();
     await app?.close();
-    await jobs.stop();
+    await services?.jobs.stop();
     await rateLimiter.close();
     await db.close();
     throw error;

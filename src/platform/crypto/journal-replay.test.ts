@@ -247,16 +247,16 @@ describe.each(DATABASE_KINDS)("start-up completes journalled destructions on %s"
         first.db,
         manualClock(),
         { slug: `t-${uuidv7().slice(-12)}`, name: "S" },
-        first.keyRing,
+        first.services.keyRing,
       );
       const owner = { scope: "subject", tenantId: tenant.id, subjectId } as const;
       envelope = await first.db.withTenant({ tenantId: tenant.id }, (tx) =>
-        first.keyRing.encrypt(tx, owner, "jane@example.com", binding(tenant.id)),
+        first.services.keyRing.encrypt(tx, owner, "jane@example.com", binding(tenant.id)),
       );
-      await eraseThenFail(first.db, first.keyRing, tenant.id, subjectId);
+      await eraseThenFail(first.db, first.services.keyRing, tenant.id, subjectId);
       expect(
         await first.db.withTenant({ tenantId: tenant.id }, (tx) =>
-          first.keyRing.decrypt(tx, envelope, binding(tenant.id)),
+          first.services.keyRing.decrypt(tx, envelope, binding(tenant.id)),
         ),
       ).toBe("jane@example.com");
     } finally {
@@ -266,12 +266,19 @@ describe.each(DATABASE_KINDS)("start-up completes journalled destructions on %s"
     const second = await start();
     try {
       const inTenant = <T>(fn: (tx: Tx) => Promise<T>) => second.db.withTenant({ tenantId: tenant.id }, fn);
-      await expect(inTenant((tx) => second.keyRing.decrypt(tx, envelope, binding(tenant.id)))).rejects.toMatchObject({
+      await expect(
+        inTenant((tx) => second.services.keyRing.decrypt(tx, envelope, binding(tenant.id))),
+      ).rejects.toMatchObject({
         reason: "unknown-key",
       });
       await expect(
         inTenant((tx) =>
-          second.keyRing.encrypt(tx, { scope: "subject", tenantId: tenant.id, subjectId }, "x", binding(tenant.id)),
+          second.services.keyRing.encrypt(
+            tx,
+            { scope: "subject", tenantId: tenant.id, subjectId },
+            "x",
+            binding(tenant.id),
+          ),
         ),
       ).rejects.toThrow(SubjectErasedError);
     } finally {
