@@ -34,6 +34,7 @@ const CONTROL_IDS = [
   "privacy.data-inventory",
   "db.migrations",
   "keys.master-key",
+  "keys.destruction-journal",
   "tls.settings",
 ];
 

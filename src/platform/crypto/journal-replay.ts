@@ -85,21 +85,12 @@ async function replayEntry(db: Database, entry: JournalEntry, handlers: ReplayHa
 }
 
 /**
- * Completes every journalled destruction the database has not applied yet, one transaction per entry,
- * in journal order. `journal.read()` verifies the journal and throws JournalError if it was tampered with.
+ * The entries of a verified journal that this database has not applied yet. Throws JournalError when the
+ * journal is shorter than what the database applied, or is not the journal it applied.
  */
-export async function replayJournal(options: {
-  db: Database;
-  journal: { read(): JournalEntry[] };
-  clock: Clock;
-  handlers?: ReplayHandlers;
-}): Promise<ReplayReport> {
-  const { db, journal, clock } = options;
-  const handlers = options.handlers ?? replayHandlers();
-  const entries = journal.read();
+export async function unappliedEntries(db: Database, entries: readonly JournalEntry[]): Promise<JournalEntry[]> {
   const first = entries[0];
-  const last = entries.at(-1);
-  if (!first || !last) return { entries: 0, replayed: 0, destroyedKeys: 0 };
+  if (!first) return [];
   const mark = await db.withPlatform((tx) =>
     tx
       .selectFrom("journal_replays")
@@ -121,7 +112,26 @@ export async function replayJournal(options: {
       );
     }
   }
-  const pending = entries.slice(mark?.applied_seq ?? 0);
+  return entries.slice(mark?.applied_seq ?? 0);
+}
+
+/**
+ * Completes every journalled destruction the database has not applied yet, one transaction per entry,
+ * in journal order. `journal.read()` verifies the journal and throws JournalError if it was tampered with.
+ */
+export async function replayJournal(options: {
+  db: Database;
+  journal: { read(): JournalEntry[] };
+  clock: Clock;
+  handlers?: ReplayHandlers;
+}): Promise<ReplayReport> {
+  const { db, journal, clock } = options;
+  const handlers = options.handlers ?? replayHandlers();
+  const entries = journal.read();
+  const first = entries[0];
+  const last = entries.at(-1);
+  if (!first || !last) return { entries: 0, replayed: 0, destroyedKeys: 0 };
+  const pending = await unappliedEntries(db, entries);
   let destroyedKeys = 0;
   for (const entry of pending) destroyedKeys += await replayEntry(db, entry, handlers);
   if (pending.length > 0) {

@@ -7,6 +7,7 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from "node:crypto";
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import type { DataDirPaths } from "../data-dir.ts";
@@ -117,4 +118,10 @@ export function loadSigningKey(paths: DataDirPaths, log: (message: string) => vo
   if (!generated) return readKeyFile(path);
   log(`generated a new Ed25519 signing key (key id ${generated.keyId}) at ${path}`);
   return generated;
+}
+
+/** The platform's signing key if it has been created, without creating it: for checks that must change nothing. */
+export function existingSigningKey(paths: DataDirPaths): SigningKey | undefined {
+  const path = signingKeyPath(paths);
+  return existsSync(path) ? readKeyFile(path) : undefined;
 }

@@ -1,7 +1,10 @@
 import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
 import { createDatabase, type Database, type DatabaseOptions, openDatabase } from "./database.ts";
-import { dumpFreshPglite, type Engine, pgliteEngineFromDump, postgresEngine } from "./engines.ts";
+import { dumpFreshPglite, type Engine, pgliteEngineFromDump, pgliteParsers, postgresEngine } from "./engines.ts";
+import { acquireDataDirLock } from "./lock.ts";
 import type { MigrationFile } from "./migrate.ts";
 import { OWNER_ROLE } from "./roles.ts";
 
@@ -162,4 +165,78 @@ export async function createEmptyPostgresDatabase(adminUrl: string, name: string
 
 export async function dropPostgresDatabase(adminUrl: string, name: string): Promise<void> {
   await connected(adminUrl, (c) => c.query(`DROP DATABASE IF EXISTS ${checkName(name)} WITH (FORCE)`));
+}
+
+/** The rows of one table, each as the text of `row_to_json`. */
+export interface TableRows {
+  /** `schema.table`, quoted where needed. */
+  table: string;
+  rows: string[];
+}
+
+/** Every table with rows outside PostgreSQL's own schemas (partitions included, so each row is read once). */
+const TABLES_WITH_ROWS = `
+  SELECT format('%I.%I', n.nspname, c.relname) AS name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relkind IN ('r', 'm')
+     AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+   ORDER BY 1`;
+
+async function everyRow(query: (sql: string) => Promise<Record<string, unknown>[]>): Promise<TableRows[]> {
+  const tables = (await query(TABLES_WITH_ROWS)).map((r) => String(r.name));
+  const dump: TableRows[] = [];
+  for (const table of tables) {
+    const rows = await query(`SELECT row_to_json(t)::text AS row FROM ${table} t`);
+    dump.push({ table, rows: rows.map((r) => String(r.row)) });
+  }
+  return dump;
+}
+
+/**
+ * A logical dump of a stopped server's embedded database: every row of every table, read as the superuser
+ * (row-level security does not apply). Takes the data directory's lock, so it refuses a database in use.
+ */
+export async function everyRowOfPgliteDataDir(dataDir: string): Promise<TableRows[]> {
+  const lock = acquireDataDirLock(join(dataDir, "db.lock"));
+  try {
+    const pglite = new PGlite({ dataDir: join(dataDir, "db"), parsers: pgliteParsers });
+    try {
+      await pglite.waitReady;
+      return await everyRow(async (sql) => (await pglite.query<Record<string, unknown>>(sql)).rows);
+    } finally {
+      await pglite.close();
+    }
+  } finally {
+    lock.release();
+  }
+}
+
+/** As everyRowOfPgliteDataDir, for the database at `url` (a superuser URL). */
+export function everyRowOfPostgres(url: string): Promise<TableRows[]> {
+  return connected(url, (client) => everyRow(async (sql) => (await client.query(sql)).rows));
+}
+
+/**
+ * The bytes of every relation file of the database at `url` (a superuser URL) after a checkpoint wrote its
+ * dirty pages: tables, TOAST tables and indexes as the server stores them. The server's own files are not
+ * readable by this process, so they are read through the server (pg_read_binary_file).
+ */
+export function relationFilesOfPostgres(url: string): Promise<{ path: string; bytes: Buffer }[]> {
+  return connected(url, async (client) => {
+    await client.query("CHECKPOINT");
+    const { rows } = await client.query<{ path: string }>(`
+      SELECT pg_relation_filepath(c.oid) AS path FROM pg_class c
+       WHERE c.relkind IN ('r', 'm', 't', 'i') AND pg_relation_filepath(c.oid) IS NOT NULL ORDER BY 1`);
+    const files: { path: string; bytes: Buffer }[] = [];
+    for (const { path } of rows) {
+      // A relation never written to may have no file yet: missing_ok.
+      const read = await client.query<{ bytes: Buffer | null }>(
+        "SELECT pg_read_binary_file($1, 0, s.size, true) AS bytes FROM pg_stat_file($1, true) s",
+        [path],
+      );
+      const bytes = read.rows[0]?.bytes;
+      if (bytes) files.push({ path, bytes });
+    }
+    return files;
+  });
 }

@@ -1,8 +1,17 @@
-import { chmodSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTestCertificate, type TestCertificate } from "../../../test/support/certs.ts";
+import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { loadConfig } from "../../config.ts";
+import { manualClock } from "../clock.ts";
+import { JOURNAL_FILE, JournalError, openJournal } from "../crypto/journal.ts";
+import { loadSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
+import { prepareDataDir } from "../data-dir.ts";
 import type { Database } from "../db/index.ts";
+import { uuidv7 } from "../ids.ts";
+import type { Control } from "./controls.ts";
 import { KERNEL_CONTROLS } from "./kernel-controls.ts";
 
 describe("control tls.settings (E1)", () => {
@@ -41,5 +50,44 @@ describe("control tls.settings (E1)", () => {
     } finally {
       chmodSync(cert.keyPath, 0o600);
     }
+  });
+});
+
+describe.each(DATABASE_KINDS)("control keys.destruction-journal on %s (P4)", (kind) => {
+  const control = KERNEL_CONTROLS.find((c) => c.id === "keys.destruction-journal") as Control;
+  const clock = manualClock("2026-06-01T12:00:00Z");
+  let t: TestDatabase;
+  let dataDir: string;
+  const check = () => control.check({ db: t.db, config: loadConfig({ CHARTER_DATA_DIR: dataDir }) });
+  beforeAll(async () => {
+    t = await openTestDatabase(kind);
+    dataDir = mkdtempSync(join(tmpdir(), "charter-journal-control-"));
+  });
+  afterAll(async () => {
+    await t?.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it("passes with nothing journalled, verifies a journal it can read, and fails one tampered with or unverifiable", async () => {
+    expect(await check()).toEqual({ ok: true, evidence: "no destruction journalled yet" });
+
+    const paths = prepareDataDir(dataDir);
+    const journal = openJournal({ dir: paths.journal, signingKey: loadSigningKey(paths, () => {}), clock });
+    const tenantId = uuidv7();
+    await journal.append({ type: "tenant-deleted", tenantId, reason: "offboarding" });
+    await journal.append({ type: "subject-erased", tenantId, subjectId: uuidv7(), reason: "erasure-request" });
+    expect(await check()).toMatchObject({
+      ok: true,
+      evidence: expect.stringMatching(/^2 journal entries, each signed/),
+    });
+
+    const file = join(paths.journal, JOURNAL_FILE);
+    const original = readFileSync(file, "utf8");
+    writeFileSync(file, original.replace("offboarding", "retention"));
+    await expect(check()).rejects.toThrow(JournalError);
+    writeFileSync(file, original);
+
+    rmSync(signingKeyPath(paths));
+    expect(await check()).toMatchObject({ ok: false, evidence: expect.stringContaining("cannot be verified") });
   });
 });

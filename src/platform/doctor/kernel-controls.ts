@@ -1,7 +1,11 @@
 import { X509Certificate } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { isIP } from "node:net";
+import { join } from "node:path";
+import { JOURNAL_FILE, readJournal } from "../crypto/journal.ts";
+import { unappliedEntries } from "../crypto/journal-replay.ts";
 import { keyFileCheck } from "../crypto/master-key.ts";
+import { existingSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
 import { inventoryCatalogProblems, PLATFORM_INVENTORY, validateInventory } from "../inventory/index.ts";
@@ -73,6 +77,32 @@ const masterKeyFile: Control = {
   },
 };
 
+const destructionJournal: Control = {
+  id: "keys.destruction-journal",
+  title: "Every key destruction is journalled, signed and chained, and no journalled destruction was lost",
+  promises: ["P4", "E4"],
+  period: "PT1H",
+  async check({ db, config }) {
+    const paths = prepareDataDir(config.dataDir);
+    const signingKey = existingSigningKey(paths);
+    if (!signingKey) {
+      return existsSync(join(paths.journal, JOURNAL_FILE))
+        ? { ok: false, evidence: `${signingKeyPath(paths)} is missing: the destruction journal cannot be verified` }
+        : { ok: true, evidence: "no destruction journalled yet" };
+    }
+    // Throws (and so fails the control) on a bad signature, a broken chain, or a journal shorter than what
+    // the database applied.
+    const entries = readJournal(paths.journal, signingKey);
+    const unapplied = await unappliedEntries(db, entries);
+    return {
+      ok: true,
+      evidence:
+        `${entries.length} journal entries, each signed by key ${signingKey.keyId} and chained; ` +
+        `${unapplied.length} journalled since the last start-up's replay`,
+    };
+  },
+};
+
 const LOOPBACK_NAMES = new Set(["localhost", "::1", "[::1]"]);
 
 /** A host name or address (IPv6 bracketed or not) that only this machine can reach. */
@@ -128,5 +158,6 @@ export const KERNEL_CONTROLS: Control[] = [
   dataInventory,
   migrations,
   masterKeyFile,
+  destructionJournal,
   tlsSettings,
 ];

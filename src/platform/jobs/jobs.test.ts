@@ -131,6 +131,8 @@ describe.each(DATABASE_KINDS)("jobs on %s", (kind) => {
       ["warn", "job failed: it will be retried"],
       ["error", "job failed for the last time: moved to its dead-letter queue"],
     ]);
+    // Not under pino's `err`, whose serializer would flatten the already reduced error to "[object Object]".
+    expect(log.entries[0]?.fields).toMatchObject({ error: { type: "Error", frames: expect.stringContaining("at ") } });
     expect(JSON.stringify(log.entries)).not.toMatch(new RegExp(`${recordId}|ada|lovelace`, "i"));
   });
 

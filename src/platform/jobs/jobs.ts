@@ -260,7 +260,7 @@ export function createJobs(options: JobsOptions): Jobs {
       await kind.handler(context(job));
     } catch (error) {
       const exhausted = job.retryCount >= kind.queue.retryLimit;
-      const fields = { job: name, jobId: job.id, attempt: job.retryCount, err: withoutMessage(error) };
+      const fields = { job: name, jobId: job.id, attempt: job.retryCount, error: withoutMessage(error) };
       if (exhausted) log.error(fields, "job failed for the last time: moved to its dead-letter queue");
       else log.warn(fields, "job failed: it will be retried");
       throw new JobFailed(error instanceof Error ? error.name : typeof error);
