@@ -14,7 +14,7 @@ import {
   type FileStore,
   sweepOrphanBlobs,
 } from "./files/index.ts";
-import { createJobs, type JobLog, type Jobs, type JobsOptions } from "./jobs/index.ts";
+import { createJobs, type JobLog, type Jobs, type JobsOptions, SYSTEM_ACTOR_ID } from "./jobs/index.ts";
 import {
   createMailer,
   createSmtpTransport,
@@ -94,7 +94,7 @@ export function createPlatformServices(options: PlatformServicesOptions): Platfo
     }
   });
 
-  const sweep = { db, clock, blobs };
+  const sweep = { db, clock, blobs, actorId: SYSTEM_ACTOR_ID };
   jobs.define(PLATFORM_JOBS.expireFiles, async (job) => {
     const tenantIds = await job.withPlatform((tx) => tx.selectFrom("tenants").select("id").orderBy("id").execute());
     // Each sweep is idempotent, so a retry after a crash repeats finished tenants harmlessly.

@@ -15,6 +15,8 @@ export interface SweepDeps {
   db: Database;
   clock: Clock;
   blobs: BlobStore;
+  /** Who the sweep's transactions act for: the jobs' system actor when a job runs it. */
+  actorId?: string;
 }
 
 export interface ExpiryReport {
@@ -51,7 +53,7 @@ export async function expireTenantFiles(
   let after: string | undefined;
   while (report.removed < limit) {
     const pageSize = limit - report.removed;
-    const page = await deps.db.withTenant({ tenantId }, async (tx) => {
+    const page = await deps.db.withTenant({ tenantId, actorId: deps.actorId }, async (tx) => {
       const due = await tx
         .selectFrom("tenant_files")
         .select(["id", "subject_id"])
@@ -107,16 +109,19 @@ export async function expirePlatformFiles(deps: SweepDeps, options: { limit?: nu
   const { limit = DEFAULT_LIMIT } = options;
   checkLimit(limit);
   const now = deps.clock.now();
-  const blobKeys = await deps.db.withPlatform(async (tx) => {
-    const due = tx
-      .selectFrom("platform_files")
-      .select("id")
-      .where((eb) => eb.or([eb("expires_at", "<=", now), eb("deleted_at", "is not", null)]))
-      .orderBy("id")
-      .limit(limit);
-    const removed = await tx.deleteFrom("platform_files").where("id", "in", due).returning("blob_key").execute();
-    return removed.map((row) => row.blob_key);
-  });
+  const blobKeys = await deps.db.withPlatform(
+    async (tx) => {
+      const due = tx
+        .selectFrom("platform_files")
+        .select("id")
+        .where((eb) => eb.or([eb("expires_at", "<=", now), eb("deleted_at", "is not", null)]))
+        .orderBy("id")
+        .limit(limit);
+      const removed = await tx.deleteFrom("platform_files").where("id", "in", due).returning("blob_key").execute();
+      return removed.map((row) => row.blob_key);
+    },
+    { actorId: deps.actorId },
+  );
   const report: ExpiryReport = { removed: 0, held: 0, blobsMissing: 0 };
   await removeBlobs(deps.blobs, blobKeys, report);
   return report;
