@@ -1,7 +1,8 @@
 import { type ChildProcess, fork } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import autocannon from "autocannon";
-import type { BenchTarget } from "../src/platform/db/bench-support.ts";
+import type { BenchServing, BenchTarget } from "../src/platform/db/bench-support.ts";
 
 /** One load run against one route family: completed requests per second and latency percentiles (ms). */
 export interface Sample {
@@ -51,10 +52,7 @@ export async function measure(
   times.sort((x, y) => x - y);
   const percentile = (p: number) => times[Math.min(times.length - 1, Math.floor((p / 100) * times.length))] ?? 0;
   const requests = Math.max(1, result.requests.total);
-  // Per backend: one that went away during the run was idle (a pool closes only idle connections).
-  const backendTime = after.backends
-    ? Object.entries(after.backends).reduce((sum, [pid, t]) => sum + t - (before.backends?.[Number(pid)] ?? 0), 0)
-    : null;
+  const backendTime = after.backends ? backendsCpuSince(before.backends ?? {}, after.backends) : null;
   return {
     rps: result.requests.total / result.duration,
     p50: percentile(50),
@@ -145,3 +143,43 @@ export const fmt = {
   ratio: (n: number) => n.toFixed(3),
   seconds: (ms: number) => `${(ms / 1000).toFixed(1)} s`,
 };
+
+/** CPU time of a process in µs from /proc (Linux), if it is a PostgreSQL process on this machine. */
+function postgresCpu(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    if (!stat.includes("(postgres)")) return undefined;
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime, in clock ticks of 10 ms (USER_HZ is 100 in /proc).
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * CPU time used so far by each PostgreSQL backend serving this database, in µs by pid, when they run on
+ * this machine; null otherwise (and on PGlite, where the database runs inside the serving process).
+ */
+export async function backendsCpu(serving: BenchServing): Promise<Record<number, number> | null> {
+  if (serving.kind === "pglite") return null;
+  const rows = await serving.superuserQuery<{ pid: number }>(
+    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+  );
+  const backends: Record<number, number> = {};
+  for (const { pid } of rows) {
+    const cpu = postgresCpu(pid);
+    if (cpu === undefined) return null;
+    backends[pid] = cpu;
+  }
+  return backends;
+}
+
+/** CPU µs the backends used between two readings; one that went away in between was idle (pools close only idle ones). */
+export function backendsCpuSince(
+  before: Record<number, number> | null,
+  after: Record<number, number> | null,
+): number | null {
+  if (before === null || after === null) return null;
+  return Object.entries(after).reduce((sum, [pid, t]) => sum + t - (before[Number(pid)] ?? 0), 0);
+}

@@ -7,6 +7,7 @@ import {
   dropBenchDatabase,
   postgresReachable,
 } from "../src/platform/db/bench-support.ts";
+import { BrokenChain, runAuditBench } from "./audit.ts";
 import { type BenchServer, fmt, measure, median, type Sample, startServer, table } from "./harness.ts";
 import {
   type Dataset,
@@ -21,12 +22,18 @@ import {
 } from "./tenant-reads.ts";
 
 /**
- * `npm run bench`: tenant reads under row-level security, through selectAsTenant (c) and through withTenant
+ * `npm run bench [-- tenant-reads|audit …]`: the named benchmarks, all of them when none is named.
+ *
+ * tenant-reads: tenant reads under row-level security, through selectAsTenant (c) and through withTenant
  * (b), against the same query run bare as a superuser (a), measured in turn in one run on each database,
- * with the ratios (c)/(a) (the target) and (b)/(a). See bench/README.md.
+ * with the ratios (c)/(a) (the target) and (b)/(a).
+ * audit: audit log appends and verification on PostgreSQL, beside their baselines (bench/audit.ts).
+ * See bench/README.md.
  * Knobs: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP_SECONDS, BENCH_CONNECTIONS, BENCH_POOL_SIZE,
- * BENCH_DB (pglite|postgres|both), BENCH_DATABASE_URL (a superuser URL; the benchmark creates charter_bench).
- * It exits 0 whatever the numbers are; 1 only when the variants answer differently (or it cannot run).
+ * BENCH_DB (pglite|postgres|both), BENCH_DATABASE_URL (a superuser URL; the benchmarks create their databases),
+ * and BENCH_AUDIT_* (bench/README.md).
+ * It exits 0 whatever the numbers are; 1 only when the variants answer differently, when an audit chain
+ * does not verify, or when it cannot run.
  */
 
 function knob(name: string, fallback: number): number {
@@ -238,7 +245,7 @@ async function benchOne(kind: BenchTarget["kind"]): Promise<string> {
   }
 }
 
-async function main(): Promise<void> {
+async function tenantReads(): Promise<string> {
   const kinds: BenchTarget["kind"][] = settings.databases === "both" ? ["postgres", "pglite"] : [settings.databases];
   console.log(
     `tenant reads: ${settings.rounds} rounds × ${settings.seconds} s per variant and operation, in rotating order, ` +
@@ -247,10 +254,39 @@ async function main(): Promise<void> {
   );
   const reports: string[] = [];
   for (const kind of kinds) reports.push(await benchOne(kind));
+  return reports.join("\n\n");
+}
+
+function audit(): Promise<string> {
+  if (settings.databases === "pglite")
+    return Promise.resolve("audit: skipped, it runs on PostgreSQL only (BENCH_DB=pglite)");
+  return runAuditBench({
+    adminUrl: settings.adminUrl,
+    seconds: knob("BENCH_AUDIT_SECONDS", 3),
+    rounds: Math.round(knob("BENCH_AUDIT_ROUNDS", 2)),
+    concurrency: Math.round(knob("BENCH_AUDIT_CONCURRENCY", 16)),
+    tenants: Math.round(knob("BENCH_AUDIT_TENANTS", 1000)),
+    verifyEvents: Math.round(knob("BENCH_AUDIT_VERIFY_EVENTS", 200_000)),
+  });
+}
+
+const BENCHMARKS: Record<string, () => Promise<string>> = { "tenant-reads": tenantReads, audit };
+
+async function main(): Promise<void> {
+  const names = process.argv.slice(2);
+  const unknown = names.filter((n) => !(n in BENCHMARKS));
+  if (unknown.length > 0) {
+    throw new Error(`unknown benchmark ${unknown.join(", ")}; known: ${Object.keys(BENCHMARKS).join(", ")}`);
+  }
+  const reports: string[] = [];
+  for (const name of names.length > 0 ? names : Object.keys(BENCHMARKS)) {
+    reports.push(await (BENCHMARKS[name] as () => Promise<string>)());
+  }
   console.log(`\n${"=".repeat(100)}\n${reports.join("\n\n")}`);
 }
 
 main().catch((error: unknown) => {
-  console.error(error instanceof RowsDiffer ? `FAILED: ${error.message}` : error);
+  const known = error instanceof RowsDiffer || error instanceof BrokenChain;
+  console.error(known ? `FAILED: ${(error as Error).message}` : error);
   process.exit(1);
 });

@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { systemClock } from "../src/platform/clock.ts";
 import { type BenchServing, type BenchTarget, openBenchServing } from "../src/platform/db/bench-support.ts";
 import { buildApp } from "../src/platform/http/app.ts";
 import { createRateLimiter } from "../src/platform/ratelimit/limiter.ts";
+import { backendsCpu } from "./harness.ts";
 import { tenantReadRoutes } from "./tenant-reads.ts";
 
 /**
@@ -12,36 +12,13 @@ import { tenantReadRoutes } from "./tenant-reads.ts";
  * answers "cpu" with the CPU time used so far, and stops when the parent sends "stop" or goes away.
  */
 
-/** CPU time of a process in µs from /proc (Linux), if it is a PostgreSQL process on this machine. */
-function postgresCpu(pid: number): number | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    if (!stat.includes("(postgres)")) return undefined;
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    // utime and stime, in clock ticks of 10 ms (USER_HZ is 100 in /proc).
-    return (Number(fields[11]) + Number(fields[12])) * 10_000;
-  } catch {
-    return undefined;
-  }
-}
-
 /**
  * CPU time used so far, in µs: this process, and each PostgreSQL backend serving this database by pid when
  * they run on this machine (null otherwise; on PGlite the database runs inside this process).
  */
 async function cpuUsed(serving: BenchServing): Promise<{ server: number; backends: Record<number, number> | null }> {
   const own = process.cpuUsage();
-  if (serving.kind === "pglite") return { server: own.user + own.system, backends: null };
-  const rows = await serving.superuserQuery<{ pid: number }>(
-    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
-  );
-  const backends: Record<number, number> = {};
-  for (const { pid } of rows) {
-    const cpu = postgresCpu(pid);
-    if (cpu === undefined) return { server: own.user + own.system, backends: null };
-    backends[pid] = cpu;
-  }
-  return { server: own.user + own.system, backends };
+  return { server: own.user + own.system, backends: await backendsCpu(serving) };
 }
 
 const send = (message: unknown) =>

@@ -1,9 +1,11 @@
 import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
+import { auditCommands } from "./platform/audit/cli.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
 import { systemClock } from "./platform/clock.ts";
 import { createKeyRing } from "./platform/crypto/key-ring.ts";
 import { loadMasterKey, MasterKeyError } from "./platform/crypto/master-key.ts";
+import { existingSigningKey, loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { DataDirError, prepareDataDir } from "./platform/data-dir.ts";
 import {
   createDatabase,
@@ -56,6 +58,7 @@ async function maintenance(
   name: string,
   cfg: Config,
   run: (db: Database) => Promise<CommandResult>,
+  args: Record<string, unknown> = {},
 ): Promise<CommandResult> {
   let engine: Awaited<ReturnType<typeof engineFor>>;
   try {
@@ -63,7 +66,7 @@ async function maintenance(
   } catch (error) {
     if (!(error instanceof DataDirLocked)) throw error;
     try {
-      return await callControlSocket(controlSocketPath(cfg), name);
+      return await callControlSocket(controlSocketPath(cfg), name, args);
     } catch {
       throw new ServerUnreachable(
         `${error.message}, and its control socket does not answer: is another charter command running?`,
@@ -148,5 +151,21 @@ mail
     };
     report(await maintenance("mail-outbox", cfg, outbox).catch(fail));
   });
+
+auditCommands(
+  program,
+  async (name, args, run) => {
+    report(await maintenance(name, config(), run, args).catch(fail));
+  },
+  () => {
+    const paths = prepareDataDir(config().dataDir);
+    return {
+      dir: paths.checkpoints,
+      clock: systemClock,
+      existingKey: () => existingSigningKey(paths),
+      key: () => loadSigningKey(paths),
+    };
+  },
+);
 
 await program.parseAsync(process.argv);

@@ -3,6 +3,9 @@ import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
+import { scheduleCheckpoints } from "./platform/audit/checkpoints.ts";
+import { auditSocketHandlers } from "./platform/audit/cli.ts";
+import { AUDIT_CONTROLS } from "./platform/audit/controls.ts";
 import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
 import { type Clock, systemClock } from "./platform/clock.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
@@ -35,7 +38,7 @@ export interface RunningServer {
 
 /** The controls `charter doctor` runs, in the server and in the CLI alike. */
 export function controlRegistry(): ControlRegistry {
-  return new ControlRegistry().register(...KERNEL_CONTROLS);
+  return new ControlRegistry().register(...KERNEL_CONTROLS, ...AUDIT_CONTROLS);
 }
 
 export async function runDoctor(db: Database, config: Config): Promise<CommandResult> {
@@ -89,10 +92,13 @@ export async function startServer(
   let app: FastifyInstance | undefined;
   try {
     // After the database checks, so a start they refuse generates no signing key; a tampered journal stops here.
-    const journal = openJournal({ dir: paths.journal, signingKey: loadSigningKey(paths, options.warn), clock });
+    const signingKey = loadSigningKey(paths, options.warn);
+    const journal = openJournal({ dir: paths.journal, signingKey, clock });
     const log = createLogger(options.log === false ? "silent" : config.logLevel);
     services = createPlatformServices({ config, db, clock, paths, masterKey, journal, log });
     const { keyRing, jobs, mailer } = services;
+    const checkpointWriter = { db, clock, dir: paths.checkpoints, signingKey };
+    scheduleCheckpoints(jobs, checkpointWriter);
     options.defineJobs?.(jobs);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
@@ -113,6 +119,12 @@ export async function startServer(
       doctor: () => runDoctor(db, config),
       migrate: () => runMigrate(db),
       "mail-outbox": () => mailOutboxCommand(mailer),
+      ...auditSocketHandlers(db, {
+        dir: paths.checkpoints,
+        clock,
+        existingKey: () => signingKey,
+        key: () => signingKey,
+      }),
     });
     const running = app;
     const openSocket = socket;

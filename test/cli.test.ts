@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
+import { createTestAudit } from "../src/platform/audit/testing.ts";
 import { systemClock } from "../src/platform/clock.ts";
 import { openJournal } from "../src/platform/crypto/journal.ts";
 import { createKeyRing } from "../src/platform/crypto/key-ring.ts";
@@ -36,6 +37,10 @@ const CONTROL_IDS = [
   "keys.master-key",
   "keys.destruction-journal",
   "tls.settings",
+  "audit.chains",
+  "audit.checkpoint-store",
+  "audit.signing-key",
+  "audit.checkpoint-fresh",
 ];
 
 /** Doctor's report, one control per line: `PASS  id [promises]  evidence`. */
@@ -234,7 +239,13 @@ describe.each(DATABASE_KINDS)("charter mail outbox on %s", (kind) => {
         clock: systemClock,
         journal,
       });
-      const tenant = await createTenant(db, systemClock, { slug: `mail-${kind}`, name: "Acme" }, keyRing);
+      const tenant = await createTenant(
+        db,
+        systemClock,
+        { slug: `mail-${kind}`, name: "Acme" },
+        keyRing,
+        createTestAudit(db, keyRing),
+      );
       const mailer = createMailer({ db, keyRing, clock: systemClock, templates: platformTemplates });
       const code = (value: string) => ({ template: "sign-in-code", data: { code: value, minutes: 10 } });
       const common = { purpose: "security", channel: "email" } as const;

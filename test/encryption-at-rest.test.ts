@@ -41,6 +41,8 @@ const digits = () => String(randomInt(10_000_000, 100_000_000));
  * caller data: what it protects, the file's content, stands for it.
  */
 const WRITERS: Record<string, (s: SecretMarkers) => string[]> = {
+  "audit_events.personal": (s) => [s.tenantAuditDetail],
+  "platform_audit_events.personal": (s) => [s.platformAuditDetail],
   "mail_messages.recipient": (s) => [s.tenantMailLocalPart],
   "mail_messages.data": (s) => [s.tenantMailCode],
   "platform_mail_messages.recipient": (s) => [s.platformMailLocalPart],
@@ -138,6 +140,8 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     platformFileContent: marker(),
     personFileName: marker(),
     personFileContent: marker(),
+    tenantAuditDetail: marker(),
+    platformAuditDetail: marker(),
     jobError: marker(),
   };
   const control: ControlMarkers = {

@@ -1,11 +1,12 @@
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestAudit } from "../src/platform/audit/testing.ts";
 import { systemClock } from "../src/platform/clock.ts";
-import { createTestKeyRing } from "../src/platform/crypto/testing.ts";
 import { catalogViolations, PLATFORM_TABLES } from "../src/platform/db/index.ts";
 import { uuidv7 } from "../src/platform/ids.ts";
 import { setFeature } from "../src/platform/tenancy/features.ts";
-import { createTenant, type Tenant } from "../src/platform/tenancy/tenants.ts";
+import type { Tenant } from "../src/platform/tenancy/tenants.ts";
+import { createTestTenant } from "../src/platform/tenancy/testing.ts";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/databases.ts";
 
 const slug = () => `t-${uuidv7().slice(-12)}`;
@@ -62,10 +63,15 @@ describe.each(DATABASE_KINDS)("tenancy catalog on %s", (kind) => {
     let a: Tenant;
     let b: Tenant;
     beforeAll(async () => {
-      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+      a = await createTestTenant(t.db, { slug: slug(), name: "A" });
+      b = await createTestTenant(t.db, { slug: slug(), name: "B" });
       await t.db.withTenant({ tenantId: b.id }, (tx) =>
-        setFeature(tx, systemClock, { tenantId: b.id, feature: "probe", enabled: true, changedBy: null }),
+        setFeature(
+          tx,
+          systemClock,
+          { tenantId: b.id, feature: "probe", enabled: true, changedBy: null },
+          createTestAudit(t.db),
+        ),
       );
     });
 
@@ -96,7 +102,12 @@ describe.each(DATABASE_KINDS)("tenancy catalog on %s", (kind) => {
       });
       await expect(
         t.db.withTenant({ tenantId: a.id }, (tx) =>
-          setFeature(tx, systemClock, { tenantId: b.id, feature: "other", enabled: true, changedBy: null }),
+          setFeature(
+            tx,
+            systemClock,
+            { tenantId: b.id, feature: "other", enabled: true, changedBy: null },
+            createTestAudit(t.db),
+          ),
         ),
       ).rejects.toThrow(/row-level security/);
       const bFeatures = await t.db.withTenant({ tenantId: b.id }, (tx) =>

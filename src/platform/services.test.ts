@@ -56,7 +56,13 @@ describe.each(DATABASE_KINDS)("platform services wired together on %s", (kind) =
     });
     await services.keyRing.ensurePlatformKey();
     await services.jobs.start();
-    tenant = await createTenant(t.db, clock, { slug: `s-${uuidv7().slice(-12)}`, name: "Acme" }, services.keyRing);
+    tenant = await createTenant(
+      t.db,
+      clock,
+      { slug: `s-${uuidv7().slice(-12)}`, name: "Acme" },
+      services.keyRing,
+      services.audit,
+    );
   });
   afterAll(async () => {
     await services?.jobs.stop();

@@ -1,4 +1,5 @@
 import type { Config } from "../config.ts";
+import { type Audit, createAudit } from "./audit/index.ts";
 import type { Clock } from "./clock.ts";
 import type { DestructionJournal } from "./crypto/journal.ts";
 import { createKeyRing, type KeyRing } from "./crypto/key-ring.ts";
@@ -34,6 +35,7 @@ export const PLATFORM_JOBS = {
 /** The services every module builds on, wired together once per process. */
 export interface PlatformServices {
   keyRing: KeyRing;
+  audit: Audit;
   jobs: Jobs;
   mailer: Mailer;
   blobs: BlobStore;
@@ -62,6 +64,7 @@ export interface PlatformServicesOptions {
 export function createPlatformServices(options: PlatformServicesOptions): PlatformServices {
   const { config, db, clock, paths, masterKey, journal } = options;
   const keyRing = createKeyRing({ db, masterKey, clock, journal });
+  const audit = createAudit({ db, keyRing, clock });
   const jobs = createJobs({ db, clock, log: options.log, ...options.jobs });
   const smtp = config.mail.smtp;
   const mailer = createMailer({
@@ -107,5 +110,5 @@ export function createPlatformServices(options: PlatformServicesOptions): Platfo
   });
   jobs.schedule(PLATFORM_JOBS.sweepOrphanBlobs, { kind: "daily", at: "03:30" });
 
-  return { keyRing, jobs, mailer, blobs, files };
+  return { keyRing, audit, jobs, mailer, blobs, files };
 }

@@ -38,6 +38,9 @@ export interface SecretMarkers {
   platformFileContent: string;
   personFileName: string;
   personFileContent: string;
+  /** Personal details of an audit event, on a tenant chain (subject key) and a platform chain (person key). */
+  tenantAuditDetail: string;
+  platformAuditDetail: string;
   /** Quoted by a failing job handler's error message, as a handler's error may quote what it worked on. */
   jobError: string;
 }
@@ -88,13 +91,14 @@ async function main(planPath: string, resultPath: string): Promise<void> {
   const server = await startServer(loadConfig(process.env), { defineJobs });
   try {
     const { db, services } = server;
-    const { keyRing, mailer, files, jobs, blobs } = services;
+    const { keyRing, audit, mailer, files, jobs, blobs } = services;
     const clock = systemClock;
     const tenant = await createTenant(
       db,
       clock,
       { slug: `at-rest-${uuidv7().slice(-12)}`, name: control.tenantName },
       keyRing,
+      audit,
     );
     const tenantId = tenant.id;
     const subjectId = uuidv7();
@@ -130,7 +134,17 @@ async function main(planPath: string, resultPath: string): Promise<void> {
         { ...note, name: secret.tenantFileName },
         text(secret.tenantFileContent),
       );
-      return { mail, subjectFile, tenantFile };
+      const event = await audit.record(tx, {
+        tenantId,
+        stream: "changes",
+        actor: { kind: "system", id: null },
+        action: "record.updated",
+        target: { type: "contact", id: subjectId },
+        subjects: [subjectId],
+        details: { fields: ["note"] },
+        personal: { [subjectId]: { note: secret.tenantAuditDetail } },
+      });
+      return { mail, subjectFile, tenantFile, event };
     });
     const platformWrites = await db.withPlatform(async (tx) => {
       const mail = await mailer.send(tx, {
@@ -155,7 +169,16 @@ async function main(planPath: string, resultPath: string): Promise<void> {
       );
       await jobs.send(tx, FAILING_JOB, { personId });
       await jobs.send(tx, CONTROL_JOB, {}, { singletonKey: control.singletonKey });
-      return { mail, platformFile, personFile };
+      const event = await audit.record(tx, {
+        tenantId: null,
+        stream: "security",
+        actor: { kind: "user", id: personId },
+        action: "auth.profile-changed",
+        target: { type: "user", id: personId },
+        subjects: [personId],
+        personal: { [personId]: { note: secret.platformAuditDetail } },
+      });
+      return { mail, platformFile, personFile, event };
     });
     if (tenantWrites.mail.status !== "queued" || platformWrites.mail.status !== "queued") {
       throw new Error("with CHARTER_SMTP_URL set, both messages should be queued for delivery");
@@ -214,11 +237,15 @@ async function main(planPath: string, resultPath: string): Promise<void> {
       await decryptColumns(tx, "mail_messages", tenantWrites.mail.ref.messageId, tenantId);
       await readFile(tx, owners.subject, tenantWrites.subjectFile.id, "tenant_files");
       await readFile(tx, owners.tenant, tenantWrites.tenantFile.id, "tenant_files");
+      const personal = await audit.openPersonal(tx, tenantWrites.event, subjectId);
+      record("audit_events.personal", String(personal.note));
     });
     await db.withPlatform(async (tx) => {
       await decryptColumns(tx, "platform_mail_messages", platformWrites.mail.ref.messageId, null);
       await readFile(tx, owners.platform, platformWrites.platformFile.id, "platform_files");
       await readFile(tx, owners.person, platformWrites.personFile.id, "platform_files");
+      const personal = await audit.openPersonal(tx, platformWrites.event, personId);
+      record("platform_audit_events.personal", String(personal.note));
     });
     const result: AtRestResult = { readBack, jobStates };
     writeFileSync(resultPath, JSON.stringify(result));

@@ -1,5 +1,12 @@
 import "./schema.ts";
-import { type ColumnEntry, defineTable, type ModuleInventory, type Retention } from "../inventory/types.ts";
+import {
+  type ColumnEntry,
+  defineTable,
+  type ModuleInventory,
+  notPersonal,
+  type Retention,
+  WITH_TENANT_DATA,
+} from "../inventory/types.ts";
 
 /**
  * The key ring's tables (migration 0003). Wrapped keys are key material, not personal data: each is
@@ -14,20 +21,7 @@ import { type ColumnEntry, defineTable, type ModuleInventory, type Retention } f
  * the same ids for the same reason.
  */
 
-/** P10: a tenant's data is deleted at the latest 90 days after its subscription ends. */
-const WITH_TENANT_DATA: Retention = { anchor: "subscription-ended", duration: "P90D", action: "delete" };
-
-function system(purpose: string, retention: Retention | null = null): ColumnEntry {
-  return {
-    category: "system",
-    personal: false,
-    purpose,
-    legalBasis: "none",
-    keyScope: null,
-    erasure: { action: "none" },
-    retention,
-  };
-}
+const system = (purpose: string, retention: Retention | null = null) => notPersonal("system", purpose, retention);
 
 /** Which subject or person a live key belongs to: set to NULL when they are erased. */
 function owner(purpose: string, retention: Retention | null): ColumnEntry {

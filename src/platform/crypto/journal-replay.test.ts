@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { loadConfig } from "../../config.ts";
 import { startServer } from "../../server.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
 import type { Tx } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
@@ -50,7 +51,13 @@ describe.each(DATABASE_KINDS)("destruction journal replay on %s", (kind) => {
   beforeAll(async () => {
     t = await openTestDatabase(kind);
     ring = createTestKeyRing(t.db, clock);
-    a = await createTenant(t.db, clock, { slug: `t-${uuidv7().slice(-12)}`, name: "A" }, ring);
+    a = await createTenant(
+      t.db,
+      clock,
+      { slug: `t-${uuidv7().slice(-12)}`, name: "A" },
+      ring,
+      createTestAudit(t.db, ring),
+    );
   });
   afterAll(() => t?.close());
 
@@ -146,7 +153,13 @@ describe.each(DATABASE_KINDS)("destruction journal replay on %s", (kind) => {
     const binding = bind();
     const old = await inA((tx) => ring.encrypt(tx, subject, "old", binding));
     await inA((tx) => ring.rotateKey(tx, subject));
-    const c = await createTenant(t.db, clock, { slug: `t-${uuidv7().slice(-12)}`, name: "C" }, ring);
+    const c = await createTenant(
+      t.db,
+      clock,
+      { slug: `t-${uuidv7().slice(-12)}`, name: "C" },
+      ring,
+      createTestAudit(t.db, ring),
+    );
     const tenantBinding: Binding = { ...binding, tenantId: c.id };
     const tenantEnvelope = await t.db.withTenant({ tenantId: c.id }, (tx) =>
       ring.encrypt(tx, { scope: "tenant", tenantId: c.id }, "t", tenantBinding),
@@ -248,6 +261,7 @@ describe.each(DATABASE_KINDS)("start-up completes journalled destructions on %s"
         manualClock(),
         { slug: `t-${uuidv7().slice(-12)}`, name: "S" },
         first.services.keyRing,
+        first.services.audit,
       );
       const owner = { scope: "subject", tenantId: tenant.id, subjectId } as const;
       envelope = await first.db.withTenant({ tenantId: tenant.id }, (tx) =>

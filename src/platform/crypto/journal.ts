@@ -233,7 +233,8 @@ function checkRecord(record: DestructionRecord): DestructionRecord {
   return canonicalRecord(result.data);
 }
 
-function fsyncDirectory(dir: string): void {
+/** Flushes a directory, so that a file just created in it survives a crash. */
+export function fsyncDirectory(dir: string): void {
   const fd = openSync(dir, "r");
   try {
     fsyncSync(fd);

@@ -1,6 +1,7 @@
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
 import type { Tx } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
@@ -48,8 +49,8 @@ describe.each(DATABASE_KINDS)("key ring on %s", (kind) => {
   beforeAll(async () => {
     t = await openTestDatabase(kind);
     ring = createTestKeyRing(t.db, clock);
-    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, ring);
-    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, ring);
+    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, ring, createTestAudit(t.db, ring));
+    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, ring, createTestAudit(t.db, ring));
   });
   afterAll(() => t?.close());
 
@@ -344,7 +345,7 @@ describe.each(DATABASE_KINDS)("key ring on %s", (kind) => {
   });
 
   it("deletes a tenant's keys: everything under them, subject keys included, becomes unreadable", async () => {
-    const c = await createTenant(t.db, clock, { slug: slug(), name: "C" }, ring);
+    const c = await createTenant(t.db, clock, { slug: slug(), name: "C" }, ring, createTestAudit(t.db, ring));
     const binding = bind(c.id);
     const inC = <T>(fn: (tx: Tx) => Promise<T>) => t.db.withTenant({ tenantId: c.id }, fn);
     const subjectId = uuidv7();
@@ -397,7 +398,13 @@ describe.each(DATABASE_KINDS.filter((k) => k === "postgres"))("key ring under co
   beforeAll(async () => {
     t = await openTestDatabase(kind);
     ring = createTestKeyRing(t.db, clock);
-    a = await createTenant(t.db, clock, { slug: `t-${uuidv7().slice(-12)}`, name: "A" }, ring);
+    a = await createTenant(
+      t.db,
+      clock,
+      { slug: `t-${uuidv7().slice(-12)}`, name: "A" },
+      ring,
+      createTestAudit(t.db, ring),
+    );
   });
   afterAll(() => t?.close());
 

@@ -2,10 +2,12 @@ import { randomBytes } from "node:crypto";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { systemClock } from "../clock.ts";
 import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createTenant, type Tenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
 import { createDatabase, type Database, NestedTransactionError } from "./database.ts";
 import type { Engine } from "./engines.ts";
 import type { Tx } from "./kysely.ts";
@@ -67,8 +69,8 @@ describe.each(DATABASE_KINDS)("database on %s", (kind) => {
   let b: Tenant;
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+    a = await createTestTenant(t.db, { slug: slug(), name: "A" });
+    b = await createTestTenant(t.db, { slug: slug(), name: "B" });
   });
   afterAll(() => t?.close());
 
@@ -380,7 +382,13 @@ describe.each(DATABASE_KINDS)("database on %s", (kind) => {
           let late: Tenant | undefined;
           const { before, after, visited } = await t.db.withSnapshot(async (s) => {
             const before = await s.tenantIds();
-            late = await createTenant(other, systemClock, { slug: slug(), name: "Late" }, createTestKeyRing(other));
+            late = await createTenant(
+              other,
+              systemClock,
+              { slug: slug(), name: "Late" },
+              createTestKeyRing(other),
+              createTestAudit(other),
+            );
             const visited: string[] = [];
             await s.forEachTenant(async (id) => {
               visited.push(id);

@@ -15,6 +15,11 @@ export const PLATFORM_TABLES: Readonly<Record<string, string>> = {
   schedule_runs: "the job queue's record of which schedule slots were enqueued; schedules are the platform's",
   job_timers: "one-off timers of the job queue, across tenants, so one tick finds all due ones; ids only",
   job_progress: "cursors of long jobs, keyed by pg-boss's job id; a job visits tenants through withTenant",
+  audit_checkpoints: "signed checkpoints over the audit chain heads of every tenant and the platform at once",
+  audit_chain_heads:
+    "one head per audit chain, tenant and platform chains alike, so one query reads them all for checkpoints",
+  platform_audit_events:
+    "audit events with no tenant (sign-ins, denials, operator actions), on chains sharded by actor",
   "pgboss.version": "pg-boss: its schema version and maintenance claims",
   "pgboss.queue": "pg-boss: one row per job kind and its dead-letter queue, shared by all tenants",
   "pgboss.job": "pg-boss: the jobs of every tenant (a job names its tenant among its ids, never holds data)",

@@ -2,10 +2,9 @@ import { sql } from "kysely";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
-import { systemClock } from "../clock.ts";
-import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
-import { createTenant, type Tenant } from "../tenancy/tenants.ts";
+import type { Tenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
 import { type Database, NestedTransactionError } from "./database.ts";
 import { SETUP_SQL } from "./engines.ts";
 import type { Tx } from "./kysely.ts";
@@ -51,9 +50,9 @@ describe.each(DATABASE_KINDS)("selectAsTenant on %s", (kind) => {
   const counts = new Map<string, number>();
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-    b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
-    c = await createTenant(t.db, systemClock, { slug: slug(), name: "C" }, createTestKeyRing(t.db));
+    a = await createTestTenant(t.db, { slug: slug(), name: "A" });
+    b = await createTestTenant(t.db, { slug: slug(), name: "B" });
+    c = await createTestTenant(t.db, { slug: slug(), name: "C" });
     for (const [tenant, count] of [
       [a, 3],
       [b, 5],
@@ -177,8 +176,8 @@ describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))(
     let b: Tenant;
     beforeAll(async () => {
       t = await openTestDatabase(kind);
-      a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-      b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+      a = await createTestTenant(t.db, { slug: slug(), name: "A" });
+      b = await createTestTenant(t.db, { slug: slug(), name: "B" });
       client = new pg.Client({ connectionString: t.url, pipeline: true } as pg.ClientConfig);
       await client.connect();
     });

@@ -1,25 +1,18 @@
-import { type ColumnEntry, defineTable, type ModuleInventory, type Retention } from "../inventory/types.ts";
+import {
+  type ColumnEntry,
+  defineTable,
+  type ModuleInventory,
+  notPersonal,
+  type Retention,
+  WITH_TENANT_DATA,
+} from "../inventory/types.ts";
 import "./schema.ts";
 
 // Files expire earlier than these bounds when their row says so (expires_at: exports and imports, see
 // kinds.ts); the expiry sweep removes the row and the blob, unless a legal hold covers the file.
 
-/** P10: a tenant's data is deleted at the latest 90 days after its subscription ends. */
-const WITH_TENANT_DATA: Retention = { anchor: "subscription-ended", duration: "P90D", action: "delete" };
 /** P9: account data until account closure + 90 days. */
 const WITH_ACCOUNT: Retention = { anchor: "account-closed", duration: "P90D", action: "delete" };
-
-function plain(category: ColumnEntry["category"], purpose: string, retention: Retention): ColumnEntry {
-  return {
-    category,
-    personal: false,
-    purpose,
-    legalBasis: "none",
-    keyScope: null,
-    erasure: { action: "none" },
-    retention,
-  };
-}
 
 // On a subject's row, the metadata (kind, size, times) says something about that subject: personal.
 // Erasure deletes the row, and keeps it while a legal hold covers the subject, the tenant or the table.
@@ -54,16 +47,16 @@ const tenantFiles = defineTable("tenant_files", {
   row: "one encrypted file of a tenant or of one of its CRM subjects; the content is a blob in the blob store",
   subject: { kind: "column", column: "subject_id", of: "crm-subject" },
   columns: {
-    tenant_id: plain("crm", "the tenant the file belongs to", WITH_TENANT_DATA),
-    id: plain("crm", "identifies the file; bound into its encryption", WITH_TENANT_DATA),
+    tenant_id: notPersonal("crm", "the tenant the file belongs to", WITH_TENANT_DATA),
+    id: notPersonal("crm", "identifies the file; bound into its encryption", WITH_TENANT_DATA),
     subject_id: tenantMetadata("the CRM subject who owns the file (none for the tenant's own files)"),
     kind: tenantMetadata("what the file is for (export, import, avatar, document, attachment): decides its expiry"),
     media_type: tenantMetadata("how to present the file when it is downloaded"),
     name: tenantSealed("the file's name as uploaded, shown when it is listed or downloaded; encrypted"),
     size_bytes: tenantMetadata("the file's size, shown and checked against the size limit"),
     content_key: tenantSealed("the file's own content key, encrypted under its owner's key (crypto-shredding)"),
-    blob_key: plain("crm", "finds the encrypted content in the blob store: a random id", WITH_TENANT_DATA),
-    ciphertext_sha256: plain(
+    blob_key: notPersonal("crm", "finds the encrypted content in the blob store: a random id", WITH_TENANT_DATA),
+    ciphertext_sha256: notPersonal(
       "crm",
       "checks the stored blob's integrity without any key; a hash of ciphertext, so it reveals nothing",
       WITH_TENANT_DATA,
@@ -105,15 +98,15 @@ const platformFiles = defineTable("platform_files", {
   row: "one encrypted file of the platform or of a person it holds data about (a user of Charter); the content is a blob",
   subject: { kind: "column", column: "person_id", of: "user" },
   columns: {
-    id: plain("account", "identifies the file; bound into its encryption", WITH_ACCOUNT),
+    id: notPersonal("account", "identifies the file; bound into its encryption", WITH_ACCOUNT),
     person_id: personMetadata("the person who owns the file (none for the platform's own files)"),
     kind: personMetadata("what the file is for (export, import, avatar, document, attachment): decides its expiry"),
     media_type: personMetadata("how to present the file when it is downloaded"),
     name: personSealed("the file's name as uploaded, shown when it is listed or downloaded; encrypted"),
     size_bytes: personMetadata("the file's size, shown and checked against the size limit"),
     content_key: personSealed("the file's own content key, encrypted under its owner's key (crypto-shredding)"),
-    blob_key: plain("account", "finds the encrypted content in the blob store: a random id", WITH_ACCOUNT),
-    ciphertext_sha256: plain(
+    blob_key: notPersonal("account", "finds the encrypted content in the blob store: a random id", WITH_ACCOUNT),
+    ciphertext_sha256: notPersonal(
       "account",
       "checks the stored blob's integrity without any key; a hash of ciphertext, so it reveals nothing",
       WITH_ACCOUNT,

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
 import { DecryptionError } from "../crypto/envelope.ts";
 import { createTestKeyRing, type TestKeyRing } from "../crypto/testing.ts";
@@ -42,8 +43,8 @@ describe.each(DATABASE_KINDS)("the file store on %s (E2)", (kind) => {
     keyRing = createTestKeyRing(t.db, clock);
     await keyRing.ensurePlatformKey();
     files = createFileStore({ keyRing, clock, blobs: createLocalBlobStore(dir), maxBytes: MAX_BYTES });
-    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, keyRing);
-    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, keyRing);
+    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, keyRing, createTestAudit(t.db, keyRing));
+    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, keyRing, createTestAudit(t.db, keyRing));
   });
   afterAll(async () => {
     await t?.close();

@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
 import { createTestKeyRing, type TestKeyRing } from "../crypto/testing.ts";
 import type { Tx } from "../db/index.ts";
@@ -41,7 +42,8 @@ describe.each(DATABASE_KINDS)("file expiry and sweeps on %s (P9)", (kind) => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const newTenant = () => createTenant(t.db, clock, { slug: slug(), name: "T" }, keyRing);
+  const newTenant = () =>
+    createTenant(t.db, clock, { slug: slug(), name: "T" }, keyRing, createTestAudit(t.db, keyRing));
   const inTenant = <T>(tenant: Tenant, fn: (tx: Tx) => Promise<T>) => t.db.withTenant({ tenantId: tenant.id }, fn);
   const EXPORT: NewFile = { kind: "export", mediaType: "application/zip" };
 

@@ -6,12 +6,13 @@ import type { FastifyInstance, LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { z } from "zod";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
-import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createRateLimiter, type RequestFacts } from "../ratelimit/limiter.ts";
 import { setFeature } from "../tenancy/features.ts";
-import { createTenant, type Tenant } from "../tenancy/tenants.ts";
+import type { Tenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
 import type { AccessControl } from "./app.ts";
 import { HttpProblem, PROBLEM_TYPES, type ProblemSlug } from "./problem.ts";
 import { type AnyRoute, defineRoute, type Principal } from "./routes.ts";
@@ -237,7 +238,7 @@ describe("HTTP kernel on pglite", () => {
 
   beforeAll(async () => {
     t = await openTestDatabase("pglite");
-    tenant = await createTenant(t.db, manualClock(), { slug: newSlug(), name: "Acme" }, createTestKeyRing(t.db));
+    tenant = await createTestTenant(t.db, { slug: newSlug(), name: "Acme" }, manualClock());
     test = await buildTestApp({ db: t.db, routes, accessControl: double.access });
     app = test.app;
     await app.ready();
@@ -684,8 +685,8 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
 
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    tenant = await createTenant(t.db, clock, { slug: newSlug(), name: "Acme" }, createTestKeyRing(t.db));
-    other = await createTenant(t.db, clock, { slug: newSlug(), name: "Other" }, createTestKeyRing(t.db));
+    tenant = await createTestTenant(t.db, { slug: newSlug(), name: "Acme" }, clock);
+    other = await createTestTenant(t.db, { slug: newSlug(), name: "Other" }, clock);
     double.grant("alice", tenant.id, "notes:read");
     double.grant("alice", tenant.id, "reports:read");
     test = await buildTestApp({ db: t.db, routes, accessControl: double.access, clock });
@@ -726,13 +727,23 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
     expectProblem(await app.inject({ url, headers: alice }), "not-found");
     expect(calls.of("listReports")).toBe(0);
     await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-      setFeature(tx, clock, { tenantId: tenant.id, feature: "reports", enabled: true, changedBy: null }),
+      setFeature(
+        tx,
+        clock,
+        { tenantId: tenant.id, feature: "reports", enabled: true, changedBy: null },
+        createTestAudit(t.db),
+      ),
     );
     const on = await app.inject({ url, headers: alice });
     expect(on.statusCode).toBe(200);
     expect(calls.of("listReports")).toBe(1);
     await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-      setFeature(tx, clock, { tenantId: tenant.id, feature: "reports", enabled: false, changedBy: null }),
+      setFeature(
+        tx,
+        clock,
+        { tenantId: tenant.id, feature: "reports", enabled: false, changedBy: null },
+        createTestAudit(t.db),
+      ),
     );
     expectProblem(await app.inject({ url, headers: alice }), "not-found");
     expect(calls.of("listReports")).toBe(1);
@@ -740,7 +751,12 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
 
   it("a feature switched on in one tenant stays off in another", async () => {
     await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-      setFeature(tx, clock, { tenantId: tenant.id, feature: "reports", enabled: true, changedBy: null }),
+      setFeature(
+        tx,
+        clock,
+        { tenantId: tenant.id, feature: "reports", enabled: true, changedBy: null },
+        createTestAudit(t.db),
+      ),
     );
     double.grant("alice", other.id, "reports:read");
     expectProblem(await app.inject({ url: `/api/tenants/${other.id}/reports`, headers: alice }), "not-found");

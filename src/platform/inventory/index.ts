@@ -1,3 +1,5 @@
+import { checkpointInventory } from "../audit/checkpoint-inventory.ts";
+import { auditInventory } from "../audit/inventory.ts";
 import { cryptoInventory } from "../crypto/inventory.ts";
 import { filesInventory } from "../files/inventory.ts";
 import { jobsInventory } from "../jobs/inventory.ts";
@@ -23,4 +25,6 @@ export const PLATFORM_INVENTORY: Inventory = [
   mailInventory,
   filesInventory,
   jobsInventory,
+  auditInventory,
+  checkpointInventory,
 ];

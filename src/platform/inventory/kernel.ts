@@ -1,23 +1,16 @@
-import { type ColumnEntry, defineTable, type ModuleInventory, type Retention } from "./types.ts";
+import {
+  type ColumnEntry,
+  defineTable,
+  type ModuleInventory,
+  notPersonal,
+  type Retention,
+  WITH_TENANT_DATA,
+} from "./types.ts";
 
-/** P10: a tenant's data is deleted at the latest 90 days after its subscription ends (export window included). */
-const WITH_TENANT_DATA: Retention = { anchor: "subscription-ended", duration: "P90D", action: "delete" };
 /** Legal holds are the evidence for data kept past its retention: kept 12 months after the hold ends (as P9's audit records). */
 const AFTER_HOLD: Retention = { anchor: "hold-ended", duration: "P1Y", action: "delete" };
 /** The limiter sweeps expired buckets every minute while it runs; the hour leaves room for restarts. */
 const AFTER_WINDOW: Retention = { anchor: "window-ended", duration: "PT1H", action: "delete" };
-
-function plain(category: ColumnEntry["category"], purpose: string, retention: Retention | null = null): ColumnEntry {
-  return {
-    category,
-    personal: false,
-    purpose,
-    legalBasis: "none",
-    keyScope: null,
-    erasure: { action: "none" },
-    retention,
-  };
-}
 
 const tenants = defineTable("tenants", {
   owner: "platform",
@@ -26,7 +19,7 @@ const tenants = defineTable("tenants", {
   columns: {
     // Kept after deletion, with slug and name anonymised, so the journal, audit chains and the deletion
     // certificate still name the tenant they concern.
-    id: plain("account", "identifies the tenant in every tenant row, the destruction journal and audit chains"),
+    id: notPersonal("account", "identifies the tenant in every tenant row, the destruction journal and audit chains"),
     slug: {
       category: "account",
       personal: true,
@@ -45,8 +38,8 @@ const tenants = defineTable("tenants", {
       erasure: { action: "anonymise", strategy: "placeholder" },
       retention: { anchor: "subscription-ended", duration: "P90D", action: "anonymise" },
     },
-    status: plain("account", "whether the tenant is served (active) or suspended"),
-    created_at: plain("account", "when the tenant was created"),
+    status: notPersonal("account", "whether the tenant is served (active) or suspended"),
+    created_at: notPersonal("account", "when the tenant was created"),
   },
 });
 
@@ -55,10 +48,10 @@ const tenantSettings = defineTable("tenant_settings", {
   row: "the settings of one tenant",
   subject: { kind: "column", column: "tenant_id", of: "tenant" },
   columns: {
-    tenant_id: plain("account", "the tenant the settings belong to", WITH_TENANT_DATA),
-    time_zone: plain("account", "the tenant's default time zone for dates and schedules", WITH_TENANT_DATA),
-    locale: plain("account", "the tenant's default language and formats", WITH_TENANT_DATA),
-    updated_at: plain("account", "when the settings last changed", WITH_TENANT_DATA),
+    tenant_id: notPersonal("account", "the tenant the settings belong to", WITH_TENANT_DATA),
+    time_zone: notPersonal("account", "the tenant's default time zone for dates and schedules", WITH_TENANT_DATA),
+    locale: notPersonal("account", "the tenant's default language and formats", WITH_TENANT_DATA),
+    updated_at: notPersonal("account", "when the settings last changed", WITH_TENANT_DATA),
   },
 });
 
@@ -67,12 +60,12 @@ const tenantFeatures = defineTable("tenant_features", {
   row: "one feature switch of a tenant (features are off until an admin enables them)",
   subject: { kind: "column", column: "tenant_id", of: "tenant" },
   columns: {
-    tenant_id: plain("account", "the tenant the switch belongs to", WITH_TENANT_DATA),
-    id: plain("account", "identifies the switch", WITH_TENANT_DATA),
-    feature: plain("account", "which feature the switch controls", WITH_TENANT_DATA),
-    enabled: plain("account", "whether the feature is on", WITH_TENANT_DATA),
+    tenant_id: notPersonal("account", "the tenant the switch belongs to", WITH_TENANT_DATA),
+    id: notPersonal("account", "identifies the switch", WITH_TENANT_DATA),
+    feature: notPersonal("account", "which feature the switch controls", WITH_TENANT_DATA),
+    enabled: notPersonal("account", "whether the feature is on", WITH_TENANT_DATA),
     // Not personal once changed_by is erased; while it is set, the pair is the member's activity.
-    changed_at: plain("account", "when the switch last changed", WITH_TENANT_DATA),
+    changed_at: notPersonal("account", "when the switch last changed", WITH_TENANT_DATA),
     changed_by: {
       category: "account",
       personal: true,
@@ -118,10 +111,10 @@ const schemaMigrations = defineTable("schema_migrations", {
   row: "one applied migration of the shared schema",
   subject: { kind: "none" },
   columns: {
-    version: plain("system", "the migration's number"),
-    name: plain("system", "the migration's file name"),
-    checksum: plain("system", "detects a migration edited after it was applied"),
-    applied_at: plain("system", "when the migration was applied"),
+    version: notPersonal("system", "the migration's number"),
+    name: notPersonal("system", "the migration's file name"),
+    checksum: notPersonal("system", "detects a migration edited after it was applied"),
+    applied_at: notPersonal("system", "when the migration was applied"),
   },
 });
 
@@ -146,19 +139,19 @@ const legalHolds = defineTable("legal_holds", {
   row: "a legal hold on a tenant's data: all of it, one CRM subject's, or one record type's",
   subject: { kind: "column", column: "subject_id", of: "crm-subject" },
   columns: {
-    tenant_id: plain("audit", "the tenant whose data is held", AFTER_HOLD),
-    id: plain("audit", "identifies the hold", AFTER_HOLD),
-    scope: plain("audit", "what the hold covers: the tenant, one subject or one record type", AFTER_HOLD),
+    tenant_id: notPersonal("audit", "the tenant whose data is held", AFTER_HOLD),
+    id: notPersonal("audit", "identifies the hold", AFTER_HOLD),
+    scope: notPersonal("audit", "what the hold covers: the tenant, one subject or one record type", AFTER_HOLD),
     subject_id: held("the CRM subject whose data erasure and retention must keep (scope subject)"),
-    record_type: plain("audit", "the inventory table whose rows are kept (scope record-type)", AFTER_HOLD),
+    record_type: notPersonal("audit", "the inventory table whose rows are kept (scope record-type)", AFTER_HOLD),
     reason: held("why the data is held (litigation, investigation, a regulator's request); free text"),
-    placed_by_kind: plain("audit", "what kind of actor placed the hold", AFTER_HOLD),
+    placed_by_kind: notPersonal("audit", "what kind of actor placed the hold", AFTER_HOLD),
     placed_by_id: held("accountability: which member, API key or operator placed the hold (a pseudonymous id)", {
       subject: { kind: "column", column: "placed_by_id", of: "user" },
     }),
-    placed_at: plain("audit", "when the hold began", AFTER_HOLD),
-    expires_at: plain("audit", "when the hold lapses on its own, if it does", AFTER_HOLD),
-    released_at: plain("audit", "when the hold was released", AFTER_HOLD),
+    placed_at: notPersonal("audit", "when the hold began", AFTER_HOLD),
+    expires_at: notPersonal("audit", "when the hold lapses on its own, if it does", AFTER_HOLD),
+    released_at: notPersonal("audit", "when the hold was released", AFTER_HOLD),
   },
 });
 

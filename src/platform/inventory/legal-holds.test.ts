@@ -2,10 +2,10 @@ import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { manualClock } from "../clock.ts";
-import { createTestKeyRing } from "../crypto/testing.ts";
 import type { Tx } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
-import { createTenant, type Tenant } from "../tenancy/tenants.ts";
+import type { Tenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
 import { isHeld, placeHold, releaseHold } from "./legal-holds.ts";
 
 const DAY = 86_400_000;
@@ -20,8 +20,8 @@ describe.each(DATABASE_KINDS)("legal holds on %s (P4, P9)", (kind) => {
 
   beforeAll(async () => {
     t = await openTestDatabase(kind);
-    a = await createTenant(t.db, clock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-    b = await createTenant(t.db, clock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+    a = await createTestTenant(t.db, { slug: slug(), name: "A" }, clock);
+    b = await createTestTenant(t.db, { slug: slug(), name: "B" }, clock);
   });
   afterAll(() => t?.close());
 
@@ -75,7 +75,7 @@ describe.each(DATABASE_KINDS)("legal holds on %s (P4, P9)", (kind) => {
   });
 
   it("a tenant hold covers every subject and record type; a record-type hold only its type", async () => {
-    const c = await createTenant(t.db, clock, { slug: slug(), name: "C" }, createTestKeyRing(t.db));
+    const c = await createTestTenant(t.db, { slug: slug(), name: "C" }, clock);
     const inC = <T>(fn: (tx: Tx) => Promise<T>) => t.db.withTenant({ tenantId: c.id }, fn);
     const now = clock.now();
     await inC((tx) =>

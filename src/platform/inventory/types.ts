@@ -134,6 +134,22 @@ export interface ModuleInventory {
 
 export type Inventory = readonly ModuleInventory[];
 
+/** P10: a tenant's data is deleted at the latest 90 days after its subscription ends (export window included). */
+export const WITH_TENANT_DATA: Retention = { anchor: "subscription-ended", duration: "P90D", action: "delete" };
+
+/** A column that holds nothing personal: no legal basis needed, nothing for erasure to do but let its row go. */
+export function notPersonal(category: Category, purpose: string, retention: Retention | null = null): ColumnEntry {
+  return {
+    category,
+    personal: false,
+    purpose,
+    legalBasis: "none",
+    keyScope: null,
+    erasure: { action: "none" },
+    retention,
+  };
+}
+
 type ColumnOf<N extends keyof Tables> = keyof Tables[N] & string;
 
 /**

@@ -2,6 +2,7 @@ import {
   type ColumnEntry,
   defineTable,
   type ModuleInventory,
+  notPersonal,
   type Retention,
   type TableInventory,
 } from "../inventory/types.ts";
@@ -19,17 +20,7 @@ const SLOT_KEPT: Retention = { anchor: "event-time", duration: "P7D", action: "d
 /** The tick deletes a cursor once its job can no longer run, at the latest when pg-boss deletes the job. */
 const WHILE_JOB_LIVES: Retention = { anchor: "row-created", duration: "P30D", action: "delete" };
 
-function plain(purpose: string, retention: Retention | null = null): ColumnEntry {
-  return {
-    category: "system",
-    personal: false,
-    purpose,
-    legalBasis: "none",
-    keyScope: null,
-    erasure: { action: "none" },
-    retention,
-  };
-}
+const plain = (purpose: string, retention: Retention | null = null) => notPersonal("system", purpose, retention);
 
 /**
  * Ids only (payloads are checked): a tenant's, a member's or a CRM subject's id is pseudonymous personal data,

@@ -1,11 +1,11 @@
 import { sql } from "kysely";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock, systemClock } from "../clock.ts";
-import { createTestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { setFeature } from "../tenancy/features.ts";
-import { createTenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
 import { deadLetterQueue, type JobContext, type Jobs, SYSTEM_ACTOR_ID } from "./jobs.ts";
 import { JobPayloadError } from "./payload.ts";
 import { eventually, memoryLog, queueRows, testJobs } from "./testing.ts";
@@ -137,11 +137,16 @@ describe.each(DATABASE_KINDS)("jobs on %s", (kind) => {
   });
 
   it("runs tenant work as the system actor, seeing only its tenant's rows", async () => {
-    const a = await createTenant(t.db, systemClock, { slug: slug(), name: "A" }, createTestKeyRing(t.db));
-    const b = await createTenant(t.db, systemClock, { slug: slug(), name: "B" }, createTestKeyRing(t.db));
+    const a = await createTestTenant(t.db, { slug: slug(), name: "A" });
+    const b = await createTestTenant(t.db, { slug: slug(), name: "B" });
     for (const tenant of [a, b]) {
       await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-        setFeature(tx, systemClock, { tenantId: tenant.id, feature: "probe", enabled: true, changedBy: null }),
+        setFeature(
+          tx,
+          systemClock,
+          { tenantId: tenant.id, feature: "probe", enabled: true, changedBy: null },
+          createTestAudit(t.db),
+        ),
       );
     }
     let seen: { tenants: string[]; actor: string | undefined; user: string | undefined } | undefined;

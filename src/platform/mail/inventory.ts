@@ -4,23 +4,14 @@ import {
   defineTable,
   type LegalBasis,
   type ModuleInventory,
+  notPersonal,
   type Retention,
 } from "../inventory/types.ts";
 
 /** The message log serves delivery, bounces and complaints; three months covers the questions asked of it. */
 const MAIL_LOG: Retention = { anchor: "row-created", duration: "P90D", action: "delete" };
 
-function plain(purpose: string): ColumnEntry {
-  return {
-    category: "communication",
-    personal: false,
-    purpose,
-    legalBasis: "none",
-    keyScope: null,
-    erasure: { action: "none" },
-    retention: MAIL_LOG,
-  };
-}
+const plain = (purpose: string) => notPersonal("communication", purpose, MAIL_LOG);
 
 function personal(purpose: string, legalBasis: LegalBasis, extra: Partial<ColumnEntry> = {}): ColumnEntry {
   return {

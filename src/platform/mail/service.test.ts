@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
 import { manualClock } from "../clock.ts";
 import { SubjectErasedError } from "../crypto/key-ring.ts";
 import { createTestKeyRing, type TestKeyRing } from "../crypto/testing.ts";
@@ -48,7 +49,13 @@ describe.each(DATABASE_KINDS)("mail on %s", (kind) => {
   beforeAll(async () => {
     t = await openTestDatabase(kind);
     keyRing = createTestKeyRing(t.db, clock);
-    tenant = await createTenant(t.db, clock, { slug: `t-${uuidv7().slice(-12)}`, name: "Acme" }, keyRing);
+    tenant = await createTenant(
+      t.db,
+      clock,
+      { slug: `t-${uuidv7().slice(-12)}`, name: "Acme" },
+      keyRing,
+      createTestAudit(t.db, keyRing),
+    );
     sink = await startSmtpSink({ reject: ["nobody@example.com"] });
     smtp = transportTo(sink.port);
   });

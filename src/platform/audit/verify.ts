@@ -1,0 +1,226 @@
+import type { Database, Tx } from "../db/index.ts";
+import { isUuid } from "../ids.ts";
+import {
+  type ChainHead,
+  type ChainLocation,
+  chainHeads,
+  chainsWithEvents,
+  eventAt,
+  eventByHash,
+  eventsAfter,
+} from "./chains.ts";
+import { eventHash, GENESIS_HASH, isStream, type StoredEvent, type Stream, tenantChainId } from "./event.ts";
+
+/**
+ * Chain verification (promise L3): every event is recomputed from its stored columns and checked against
+ * its hash, its sequence number and the previous event's hash, and the last event against the chain's head
+ * row. It detects an event edited, deleted, inserted or moved by anyone who cannot also rewrite every later
+ * event and the head. A rewrite of the chain with every hash recomputed and the head updated verifies here:
+ * only the signed checkpoints, which name each head, catch it (checkpoints*.ts).
+ *
+ * All chains are read in one snapshot (REPEATABLE READ), so heads and events are one consistent state even
+ * while appends go on; each chain is streamed in sequence order in batches, never held in memory whole.
+ */
+
+export const CHAIN_FAILURE_KINDS = [
+  /** The event's columns no longer give its hash (any column edited, its hash included). */
+  "edited",
+  /** The sequence skips this number: the event was deleted. */
+  "deleted",
+  /** An event that was not appended through the chain sits here (or after the head). */
+  "inserted",
+  /** The event belongs at another sequence number of the chain. */
+  "reordered",
+  /** The head row does not name the chain's last event (a deleted tail, or an edited head). */
+  "head-mismatch",
+  /** Events of a chain that has no head row. */
+  "missing-head",
+] as const;
+export type ChainFailureKind = (typeof CHAIN_FAILURE_KINDS)[number];
+
+/** A failure of any check of `charter audit verify`; the chain checks use ChainFailureKind. */
+export interface Failure {
+  chainId: string;
+  sequence: number;
+  kind: string;
+  /** One sentence for the report; names no personal data. */
+  detail: string;
+}
+
+export interface ChainFailure extends Failure {
+  kind: ChainFailureKind;
+}
+
+/** What a verification found; the checkpoint checks add their failures and counts to the same report. */
+export interface VerifyReport {
+  failures: Failure[];
+  checked: { chains: number; events: number } & Record<string, number>;
+}
+
+export interface VerifyOptions {
+  /** Only this tenant's chains (no platform chains). */
+  tenantId?: string;
+  stream?: Stream;
+  /** Events read per query (default 5,000). */
+  batchSize?: number;
+}
+
+const DEFAULT_BATCH = 5_000;
+
+function recompute(event: StoredEvent, seq: number): string | undefined {
+  try {
+    const { hash: _, ...unhashed } = event;
+    return eventHash({ ...unhashed, seq });
+  } catch {
+    // A stored value outside the canonical form (a fraction written into details) can only be an edit.
+    return undefined;
+  }
+}
+
+const intact = (event: StoredEvent, seq: number) => recompute(event, seq) === event.hash;
+
+function failure(chainId: string, sequence: number, kind: ChainFailureKind, detail: string): ChainFailure {
+  return { chainId, sequence, kind, detail };
+}
+
+/**
+ * Names what happened at the first event that does not verify: `event` sits at sequence `seq`, where an
+ * event chained to `prev` was expected. An event whose content still gives its hash under another sequence
+ * number was moved: one place later means something was inserted before it, one place earlier means the
+ * event before it was deleted and the rest renumbered (unless the two were swapped), anything else is a
+ * reordering. The candidate numbers come from its neighbours by hash, read only on this failure path.
+ */
+async function classify(tx: Tx, chain: ChainLocation, event: StoredEvent, seq: number, prev: string) {
+  const { chainId } = chain;
+  if (recompute(event, seq) === event.hash) {
+    return failure(
+      chainId,
+      seq - 1,
+      "edited",
+      "the event before this one was rewritten: this event does not chain to it",
+    );
+  }
+  const before = await eventByHash(tx, chain, "hash", event.prev);
+  const after = await eventByHash(tx, chain, "prev_hash", event.hash);
+  const candidates = [seq - 1, seq + 1, ...(before ? [before.seq + 1] : []), ...(after ? [after.seq - 1] : [])];
+  const moved = [...new Set(candidates)].find((s) => s >= 1 && s !== seq && intact(event, s));
+  const next = await eventAt(tx, chain, seq + 1);
+  if (moved === seq - 1) {
+    return failure(chainId, seq - 1, "inserted", "an event was inserted here: the events after it were renumbered");
+  }
+  if (moved === seq + 1) {
+    return next && intact(next, seq)
+      ? failure(chainId, seq, "reordered", `the events at ${seq} and ${seq + 1} were swapped`)
+      : failure(chainId, seq, "deleted", "the event here was deleted and the events after it renumbered");
+  }
+  if (moved !== undefined) {
+    return failure(chainId, seq, "reordered", `the event here belongs at sequence ${moved}`);
+  }
+  if (next?.prev === prev && intact(next, seq)) {
+    return failure(chainId, seq, "inserted", "an event was inserted here: the events after it were renumbered");
+  }
+  return failure(chainId, seq, "edited", "the event's columns do not give its hash");
+}
+
+/** Verifies one chain against its head; returns the first failure, if any, and how many events it read. */
+async function verifyChain(tx: Tx, head: ChainHead, batchSize: number) {
+  const chain: ChainLocation = { chainId: head.chainId, tenantId: head.tenantId };
+  let expected = 1;
+  let prev = GENESIS_HASH;
+  let events = 0;
+  const headOk =
+    head.tenantId === null
+      ? head.chainId.startsWith(`platform/${head.stream}/`)
+      : head.chainId === tenantChainId(head.tenantId, head.stream);
+  if (!headOk) {
+    const f = failure(head.chainId, head.sequence, "head-mismatch", "the head row names another tenant or stream");
+    return { failure: f, events };
+  }
+  for (;;) {
+    const batch = await eventsAfter(tx, chain, expected - 1, batchSize);
+    for (const event of batch) {
+      events += 1;
+      if (expected > head.sequence) {
+        const f = failure(head.chainId, event.seq, "inserted", `an event after the head (sequence ${head.sequence})`);
+        return { failure: f, events };
+      }
+      if (event.seq > expected) {
+        const f = failure(head.chainId, expected, "deleted", `the sequence jumps from ${expected - 1} to ${event.seq}`);
+        return { failure: f, events };
+      }
+      if (event.prev !== prev || !intact(event, expected)) {
+        return { failure: await classify(tx, chain, event, expected, prev), events };
+      }
+      prev = event.hash;
+      expected += 1;
+    }
+    if (batch.length < batchSize) break;
+  }
+  const last = expected - 1;
+  if (last < head.sequence) {
+    const f = failure(
+      head.chainId,
+      last + 1,
+      "head-mismatch",
+      `the head is at ${head.sequence}, the events end at ${last}`,
+    );
+    return { failure: f, events };
+  }
+  if (prev !== head.hash) {
+    const f = failure(head.chainId, head.sequence, "head-mismatch", "the head's hash is not the last event's hash");
+    return { failure: f, events };
+  }
+  return { failure: undefined, events };
+}
+
+/**
+ * Verifies chains (all, or one tenant's, or one stream's) and returns the first failure of each chain
+ * that fails. Reads as the runtime role, one tenant at a time.
+ */
+export async function verifyChains(db: Database, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const { tenantId, stream } = options;
+  if (tenantId !== undefined && !isUuid(tenantId)) throw new TypeError(`the tenant must be a UUID, got "${tenantId}"`);
+  if (stream !== undefined && !isStream(stream)) throw new TypeError(`unknown stream "${stream}"`);
+  const batchSize = options.batchSize ?? DEFAULT_BATCH;
+  if (!Number.isSafeInteger(batchSize) || batchSize < 1) throw new TypeError("batchSize must be a positive integer");
+  const tenant = tenantId?.toLowerCase();
+  const report: VerifyReport = { failures: [], checked: { chains: 0, events: 0 } };
+
+  async function visit(tx: Tx, owner: string | null, heads: ChainHead[]) {
+    for (const head of heads) {
+      const { failure: f, events } = await verifyChain(tx, head, batchSize);
+      report.checked.chains += 1;
+      report.checked.events += events;
+      if (f) report.failures.push(f);
+    }
+    const known = new Set(heads.map((h) => h.chainId));
+    const inStream = (chainId: string) =>
+      stream === undefined ||
+      (owner === null ? chainId.startsWith(`platform/${stream}/`) : chainId.endsWith(`/${stream}`));
+    for (const { chainId, first } of await chainsWithEvents(tx, owner)) {
+      if (known.has(chainId) || !inStream(chainId)) continue;
+      report.failures.push(failure(chainId, first, "missing-head", "events of a chain that has no head row"));
+    }
+  }
+
+  await db.withSnapshot(async (snapshot) => {
+    const heads = (await chainHeads(snapshot.tx)).filter((h) => stream === undefined || h.stream === stream);
+    await snapshot.forEachTenant(async (id, tx) => {
+      if (tenant !== undefined && id !== tenant) return;
+      await visit(
+        tx,
+        id,
+        heads.filter((h) => h.tenantId === id),
+      );
+    });
+    if (tenant === undefined) {
+      await visit(
+        snapshot.tx,
+        null,
+        heads.filter((h) => h.tenantId === null),
+      );
+    }
+  });
+  report.failures.sort((a, b) => (a.chainId < b.chainId ? -1 : a.chainId > b.chainId ? 1 : a.sequence - b.sequence));
+  return report;
+}
