@@ -124,6 +124,79 @@ describe.each(DATABASE_KINDS)("audit log on %s", (kind) => {
     expect((await head(tenantChainId(tenant.id, "changes")))?.sequence).toBe(1);
   });
 
+  it("recordMany appends a batch to one chain: gapless, chained, the head at its last event, and it verifies", async () => {
+    const tenant = await newTenant();
+    const chainId = tenantChainId(tenant.id, "changes");
+    const olga = uuidv7();
+    const woken: Appended[] = [];
+    const stop = audit.onAppend((a) => woken.push(a));
+    const batch = await inTenant(tenant, (tx) =>
+      audit.recordMany(tx, [
+        change(tenant.id, { requestId: "req-b" }),
+        change(tenant.id, { subjects: [olga], personal: { [olga]: { name: "Olga" } } }),
+        change(tenant.id, { action: "record.deleted", details: {} }),
+      ]),
+    ).finally(stop);
+    expect(batch.map((e) => e.seq)).toEqual([2, 3, 4]);
+    expect(new Set(batch.map((e) => e.id)).size).toBe(3);
+    const [first, second, third] = batch as [StoredEvent, StoredEvent, StoredEvent];
+    expect(second.prev).toBe(first.hash);
+    expect(third.prev).toBe(second.hash);
+    for (const event of batch) expect(rehash(event)).toBe(event.hash);
+    expect(first).toMatchObject({ chain: chainId, request: "req-b", action: "record.updated" });
+    expect(await inTenant(tenant, (tx) => audit.openPersonal(tx, second, olga))).toEqual({ name: "Olga" });
+    expect(woken).toEqual([{ tenantId: tenant.id, chainId, stream: "changes", seq: 4 }]);
+    expect(await head(chainId)).toMatchObject({ sequence: 4, hash: third.hash });
+    // An empty batch writes nothing; the next append continues the chain.
+    expect(await inTenant(tenant, (tx) => audit.recordMany(tx, []))).toEqual([]);
+    const next = await inTenant(tenant, (tx) => audit.record(tx, change(tenant.id)));
+    expect(next).toMatchObject({ seq: 5, prev: third.hash });
+    expect(await verifyChains(t.db, { tenantId: tenant.id })).toEqual({
+      failures: [],
+      checked: { chains: 1, events: 5 },
+    });
+  });
+
+  it("recordMany refuses a batch with one bad event, or events of two chains, and writes nothing", async () => {
+    const tenant = await newTenant();
+    const other = await newTenant();
+    const batches: [NewEvent[], RegExp][] = [
+      [
+        [change(tenant.id), change(tenant.id, { details: {} }), change(tenant.id)],
+        /record.updated needs details.fields/,
+      ],
+      [[change(tenant.id), change(tenant.id, { stream: "access", action: "access.read" })], /go to one chain/],
+      [[change(tenant.id), change(other.id)], /go to one chain/],
+      [Array.from({ length: 1_001 }, () => change(tenant.id)), /at most 1000 events/],
+    ];
+    for (const [events, message] of batches) {
+      await expect(inTenant(tenant, (tx) => audit.recordMany(tx, events))).rejects.toThrow(message);
+    }
+    expect(await head(tenantChainId(tenant.id, "changes"))).toMatchObject({ sequence: 1 });
+    expect(await head(tenantChainId(tenant.id, "access"))).toBeUndefined();
+    const rows = await inTenant(tenant, (tx) =>
+      tx.selectFrom("audit_events").select("action").where("tenant_id", "=", tenant.id).execute(),
+    );
+    expect(rows).toEqual([{ action: "tenant.created" }]);
+  });
+
+  it("recordMany appends a batch of platform events to the actor's shard", async () => {
+    const operator = { kind: "operator", id: uuidv7() } as const;
+    const signIn = (): NewEvent => ({
+      tenantId: null,
+      stream: "security",
+      actor: operator,
+      action: "auth.signed-in",
+      target: { type: "operator", id: operator.id },
+    });
+    const batch = await t.db.withPlatform((tx) => audit.recordMany(tx, [signIn(), signIn()]));
+    const chainId = platformChainId("security", operator);
+    expect(batch.map((e) => e.chain)).toEqual([chainId, chainId]);
+    expect((batch[1] as StoredEvent).seq).toBe((batch[0] as StoredEvent).seq + 1);
+    expect(await head(chainId)).toMatchObject({ hash: (batch[1] as StoredEvent).hash });
+    expect((await verifyChains(t.db, { stream: "security" })).failures).toEqual([]);
+  });
+
   it("a rolled-back append leaves no gap", async () => {
     const tenant = await newTenant();
     await expect(
@@ -376,6 +449,38 @@ describe.each(DATABASE_KINDS.filter((k) => k === "postgres"))("concurrent append
     expect(await verifyChains(t.db, { tenantId: tenant.id })).toEqual({
       failures: [],
       checked: { chains: 1, events: writers + 1 },
+    });
+  });
+
+  it("batches from concurrent transactions on one chain interleave whole, with no gap", async () => {
+    const clock = manualClock();
+    const keyRing = createTestKeyRing(t.db, clock);
+    const audit = createAudit({ db: t.db, keyRing, clock });
+    const tenant = await createTenant(t.db, clock, { slug: slug(), name: "Batches" }, keyRing, audit);
+    const sizes = Array.from({ length: 16 }, (_, i) => 1 + ((i * 5) % 7));
+    const batches = await Promise.all(
+      sizes.map((size, i) =>
+        t.db.withTenant({ tenantId: tenant.id }, async (tx) => {
+          const events = await audit.recordMany(
+            tx,
+            Array.from({ length: size }, () => change(tenant.id)),
+          );
+          await new Promise((resolve) => setTimeout(resolve, (i * 7) % 13));
+          return events.map((e) => e.seq);
+        }),
+      ),
+    );
+    const total = sizes.reduce((a, b) => a + b, 0);
+    for (const [i, seqs] of batches.entries()) {
+      const start = seqs[0] as number;
+      expect(seqs).toEqual(Array.from({ length: sizes[i] as number }, (_, k) => start + k));
+    }
+    const all = batches.flat().sort((a, b) => a - b);
+    // Sequence 1 is tenant.created.
+    expect(all).toEqual(Array.from({ length: total }, (_, k) => k + 2));
+    expect(await verifyChains(t.db, { tenantId: tenant.id })).toEqual({
+      failures: [],
+      checked: { chains: 1, events: total + 1 },
     });
   });
 });

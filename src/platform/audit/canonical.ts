@@ -74,6 +74,15 @@ function write(value: unknown, path: string, depth: number): string {
   return `{${members.join(",")}}`;
 }
 
+/**
+ * The canonical text of a value found at `path`, `depth` levels inside the value being canonicalized: for a
+ * writer that knows the outer shape (event.ts) and hands the rest here, with the same checks and errors
+ * as canonicalize of the whole.
+ */
+export function canonicalizeAt(value: unknown, path: string, depth: number): string {
+  return typeof value === "string" ? string(value, path) : write(value, path, depth);
+}
+
 /** The canonical text of a JSON value; throws CanonicalFormError for anything outside the form above. */
 export function canonicalize(value: unknown): string {
   return write(value, "$", 0);

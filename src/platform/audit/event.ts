@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { isUuid } from "../ids.ts";
-import { canonicalBytes, canonicalize, type JsonObject } from "./canonical.ts";
+import { canonicalize, canonicalizeAt, type JsonObject } from "./canonical.ts";
 
 /**
  * The audit event, version 1 (promises L1, L3, L5). Events are hashed and can never be migrated, so this
@@ -237,10 +237,83 @@ export function checkNewEvent(event: NewEvent): Required<NewEvent> {
   };
 }
 
+const V1_KEYS: ReadonlySet<string> = new Set([
+  "action",
+  "actor",
+  "at",
+  "cause",
+  "chain",
+  "details",
+  "id",
+  "personal",
+  "prev",
+  "request",
+  "seq",
+  "stream",
+  "subjects",
+  "target",
+  "tenant",
+  "v",
+]);
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return (proto === Object.prototype || proto === null) && Object.getOwnPropertySymbols(value).length === 0;
+}
+
+function hasExactly(value: Record<string, unknown>, size: number, has: (key: string) => boolean): boolean {
+  const keys = Object.keys(value);
+  return keys.length === size && keys.every(has);
+}
+
+/** `{ a, b }` (a < b) inside the event; anything else as canonicalize writes it. */
+function pair(value: unknown, path: string, a: string, b: string): string {
+  if (!isPlainObject(value) || !hasExactly(value, 2, (k) => k === a || k === b)) {
+    return canonicalizeAt(value, path, 1);
+  }
+  return `{"${a}":${canonicalizeAt(value[a], `${path}.${a}`, 2)},"${b}":${canonicalizeAt(value[b], `${path}.${b}`, 2)}}`;
+}
+
+function strings(value: unknown, path: string): string {
+  if (!Array.isArray(value)) return canonicalizeAt(value, path, 1);
+  let text = "[";
+  for (let i = 0; i < value.length; i++) {
+    const item: unknown = value[i];
+    // A hole reads as undefined: canonicalize refuses it.
+    if (typeof item !== "string") return canonicalizeAt(value, path, 1);
+    text += `${i === 0 ? "" : ","}${canonicalizeAt(item, `${path}[${i}]`, 2)}`;
+  }
+  return `${text}]`;
+}
+
+/**
+ * canonicalize(event) for an event of version 1's shape, about twice as fast (the hash is most of what
+ * verification costs): the fixed members are written in their sorted order directly, and only `details`,
+ * `personal` and the values go through canonical.ts, at the depth and path they have in the event, so the
+ * text and any CanonicalFormError are canonicalize's. Any other shape (a member more or less, a symbol key,
+ * an actor that is not a plain { id, kind }) is handed to canonicalize whole.
+ */
+export function canonicalEvent(event: AuditEvent): string {
+  const e: unknown = event;
+  if (!isPlainObject(e) || !hasExactly(e, V1_KEYS.size, (k) => V1_KEYS.has(k))) return canonicalize(event);
+  const member = (name: string) => canonicalizeAt(e[name], `$.${name}`, 1);
+  return (
+    `{"action":${member("action")},"actor":${pair(e.actor, "$.actor", "id", "kind")},"at":${member("at")}` +
+    `,"cause":${pair(e.cause, "$.cause", "id", "kind")},"chain":${member("chain")},"details":${member("details")}` +
+    `,"id":${member("id")},"personal":${member("personal")},"prev":${member("prev")},"request":${member("request")}` +
+    `,"seq":${member("seq")},"stream":${member("stream")},"subjects":${strings(e.subjects, "$.subjects")}` +
+    `,"target":${pair(e.target, "$.target", "id", "type")},"tenant":${member("tenant")},"v":${member("v")}}`
+  );
+}
+
 /** The hash of an event (without its hash), chained to `event.prev`. */
 export function eventHash(event: AuditEvent): string {
   if (!isHash(event.prev)) throw new TypeError("an event's prev must be 64 hex digits");
-  return createHash("sha256").update(Buffer.from(event.prev, "hex")).update(canonicalBytes(event)).digest("hex");
+  return createHash("sha256")
+    .update(Buffer.from(event.prev, "hex"))
+    .update(canonicalEvent(event), "utf8")
+    .digest("hex");
 }
 
 /** The event as it is hashed: exactly the fields of version 1, nothing else. */

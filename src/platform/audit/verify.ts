@@ -136,25 +136,37 @@ async function verifyChain(tx: Tx, head: ChainHead, batchSize: number) {
     const f = failure(head.chainId, head.sequence, "head-mismatch", "the head row names another tenant or stream");
     return { failure: f, events };
   }
+  let page = eventsAfter(tx, chain, 0, batchSize);
   for (;;) {
-    const batch = await eventsAfter(tx, chain, expected - 1, batchSize);
+    const batch = await page;
+    const more = batch.length === batchSize;
+    // The next page is asked for before this one is hashed, so the database reads it while Node hashes. It
+    // starts where this page ends if every event in it verifies, which is the only case it is used in.
+    if (more) page = eventsAfter(tx, chain, expected - 1 + batch.length, batchSize);
+    // On a failure the page in flight is awaited first: its error, if any, is the one to report.
+    const stop = async (f: ChainFailure | (() => Promise<ChainFailure>)) => {
+      if (more) await page;
+      return { failure: typeof f === "function" ? await f() : f, events };
+    };
     for (const event of batch) {
       events += 1;
       if (expected > head.sequence) {
-        const f = failure(head.chainId, event.seq, "inserted", `an event after the head (sequence ${head.sequence})`);
-        return { failure: f, events };
+        return stop(
+          failure(head.chainId, event.seq, "inserted", `an event after the head (sequence ${head.sequence})`),
+        );
       }
       if (event.seq > expected) {
-        const f = failure(head.chainId, expected, "deleted", `the sequence jumps from ${expected - 1} to ${event.seq}`);
-        return { failure: f, events };
+        return stop(
+          failure(head.chainId, expected, "deleted", `the sequence jumps from ${expected - 1} to ${event.seq}`),
+        );
       }
       if (event.prev !== prev || !intact(event, expected)) {
-        return { failure: await classify(tx, chain, event, expected, prev), events };
+        return stop(() => classify(tx, chain, event, expected, prev));
       }
       prev = event.hash;
       expected += 1;
     }
-    if (batch.length < batchSize) break;
+    if (!more) break;
   }
   const last = expected - 1;
   if (last < head.sequence) {
