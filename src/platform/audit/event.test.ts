@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { canonicalize, type JsonObject, type JsonValue } from "./canonical.ts";
-import { ACTOR_KINDS, type AuditEvent, canonicalEvent, STREAMS } from "./event.ts";
+import { ACTOR_KINDS, type AuditEvent, canonicalEvent, checkNewEvent, STREAMS } from "./event.ts";
 
 /** Keys that trip naive writers: prototype names, empty, non-ASCII, astral, escapes, near-sort-order twins. */
 const oddKey = fc.oneof(
@@ -133,5 +133,60 @@ describe("canonicalEvent, the writer specialised to version 1", () => {
     const refused = others.filter((value) => outcome(canonicalize, value).startsWith("CanonicalFormError"));
     expect(refused.length).toBeGreaterThan(5);
     expect(refused.length).toBeLessThan(others.length);
+  });
+});
+
+describe("checkNewEvent and the hash agree on how deep details may nest", () => {
+  const nested = (levels: number): JsonObject => {
+    let value: JsonObject = {};
+    for (let i = 0; i < levels; i++) value = { a: value };
+    return value;
+  };
+  const hashable = (details: JsonObject) => {
+    try {
+      canonicalEvent({
+        v: 1,
+        id: "0190a000-0000-7000-8000-000000000000",
+        chain: "tenant/x/changes",
+        tenant: null,
+        stream: "changes",
+        seq: 1,
+        at: "2026-01-01T00:00:00.000Z",
+        actor: { kind: "system", id: null },
+        action: "probe.depth",
+        target: { type: "probe", id: null },
+        subjects: [],
+        details,
+        personal: {},
+        request: null,
+        cause: null,
+        prev: "0".repeat(64),
+      });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const accepted = (details: JsonObject) => {
+    try {
+      checkNewEvent({
+        tenantId: null,
+        stream: "security",
+        actor: { kind: "system", id: null },
+        action: "probe.depth",
+        target: { type: "probe", id: null },
+        details,
+      });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  it("accepts exactly the details that can be hashed, at and around the limit", () => {
+    const verdicts = [60, 61, 62, 63, 64].map((levels) => [accepted(nested(levels)), hashable(nested(levels))]);
+    for (const [accept, hash] of verdicts) expect(accept).toBe(hash);
+    expect(verdicts.map(([accept]) => accept)).toContain(true);
+    expect(verdicts.map(([accept]) => accept)).toContain(false);
   });
 });

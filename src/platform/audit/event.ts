@@ -166,9 +166,10 @@ function hasNul(value: unknown): boolean {
   return false;
 }
 
-function checkJsonObject(name: string, value: unknown): JsonObject {
+/** `depth`: how deep the value sits in the hashed event, so nesting is refused here as hashing would refuse it. */
+function checkJsonObject(name: string, value: unknown, depth = 0): JsonObject {
   if (value === null || typeof value !== "object" || Array.isArray(value)) fail(`${name} must be a JSON object`);
-  canonicalize(value);
+  canonicalizeAt(value, `$.${name}`, depth);
   // PostgreSQL's jsonb cannot hold U+0000: refused here rather than as a raw database error.
   if (hasNul(value)) fail(`${name} must not contain U+0000`);
   return value as JsonObject;
@@ -201,7 +202,7 @@ export function checkNewEvent(event: NewEvent): Required<NewEvent> {
   if (target.id !== null && !isUuidText(target.id)) fail("target.id must be a UUID or null");
   const subjects = event.subjects ?? [];
   if (!Array.isArray(subjects) || !subjects.every(isUuidText)) fail("subjects must be UUIDs");
-  const details = checkJsonObject("details", event.details ?? {});
+  const details = checkJsonObject("details", event.details ?? {}, 1);
   if (action === "record.updated") {
     const fields = details.fields;
     if (!Array.isArray(fields) || fields.length === 0 || !fields.every((f) => typeof f === "string")) {
