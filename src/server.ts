@@ -102,7 +102,7 @@ export async function startServer(
     options.defineJobs?.(jobs);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
-    await replayJournal({ db, journal, clock, handlers: options.replayHandlers });
+    await replayJournal({ db, entries: journal.entriesAtOpen, clock, handlers: options.replayHandlers });
     await jobs.start();
     const self = () => app as FastifyInstance;
     app = await buildApp({

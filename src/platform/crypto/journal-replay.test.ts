@@ -46,7 +46,8 @@ describe.each(DATABASE_KINDS)("destruction journal replay on %s", (kind) => {
         .where("destroyed_at", "is", null)
         .execute(),
     );
-  const replay = (handlers = replayHandlers()) => replayJournal({ db: t.db, journal: ring.journal, clock, handlers });
+  const replay = async (handlers = replayHandlers()) =>
+    replayJournal({ db: t.db, entries: ring.journal.read(), clock, handlers });
 
   beforeAll(async () => {
     t = await openTestDatabase(kind);

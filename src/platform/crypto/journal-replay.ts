@@ -117,17 +117,17 @@ export async function unappliedEntries(db: Database, entries: readonly JournalEn
 
 /**
  * Completes every journalled destruction the database has not applied yet, one transaction per entry,
- * in journal order. `journal.read()` verifies the journal and throws JournalError if it was tampered with.
+ * in journal order. `entries` must come verified (openJournal or readJournal, which refuse a tampered journal).
  */
 export async function replayJournal(options: {
   db: Database;
-  journal: { read(): JournalEntry[] };
+  /** The verified entries, oldest first. */
+  entries: readonly JournalEntry[];
   clock: Clock;
   handlers?: ReplayHandlers;
 }): Promise<ReplayReport> {
-  const { db, journal, clock } = options;
+  const { db, entries, clock } = options;
   const handlers = options.handlers ?? replayHandlers();
-  const entries = journal.read();
   const first = entries[0];
   const last = entries.at(-1);
   if (!first || !last) return { entries: 0, replayed: 0, destroyedKeys: 0 };

@@ -58,6 +58,8 @@ describe("the destruction journal", () => {
 
     // A new instance (as after a restart) continues the chain where the file ends.
     const reopened = openJournal({ dir, signingKey: key, clock });
+    // What start-up replays: the entries verified on opening, as the disk has them.
+    expect(reopened.entriesAtOpen).toEqual(read);
     const sixth = await reopened.append(records[0] as DestructionRecord);
     expect(sixth).toMatchObject({ seq: 6, prev: read[4]?.hash });
     expect(reopened.read()).toHaveLength(6);

@@ -249,6 +249,11 @@ export interface DestructionJournal {
   readonly dir: string;
   readonly verifier: JournalVerifier;
   /**
+   * The entries as opening verified them: start-up replays these rather than reading and verifying every
+   * signature a second time. Later readers (doctor, a restore) use read(), which goes back to the disk.
+   */
+  readonly entriesAtOpen: readonly JournalEntry[];
+  /**
    * Appends a signed entry and flushes it (file, and the directory when the file is new) before
    * resolving: once this returns, the destruction happens, whatever becomes of the caller's transaction.
    */
@@ -319,6 +324,7 @@ export function openJournal(options: { dir: string; signingKey: SigningKey; cloc
     path,
     dir,
     verifier,
+    entriesAtOpen: parsed.entries,
     append(record) {
       // Validated before queueing: bad input changes nothing and never waits behind other appends.
       let checked: DestructionRecord;
