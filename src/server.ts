@@ -3,6 +3,7 @@ import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
+import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
 import { scheduleCheckpoints } from "./platform/audit/checkpoints.ts";
 import { auditSocketHandlers } from "./platform/audit/cli.ts";
 import { AUDIT_CONTROLS } from "./platform/audit/controls.ts";
@@ -16,7 +17,7 @@ import { loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { prepareDataDir } from "./platform/data-dir.ts";
 import { type Database, openConfiguredDatabase } from "./platform/db/index.ts";
 import { ControlRegistry, formatResults } from "./platform/doctor/controls.ts";
-import { KERNEL_CONTROLS } from "./platform/doctor/kernel-controls.ts";
+import { kernelControls } from "./platform/doctor/kernel-controls.ts";
 import { buildApp } from "./platform/http/app.ts";
 import { kernelRoutes } from "./platform/http/kernel-routes.ts";
 import type { AnyRoute } from "./platform/http/routes.ts";
@@ -38,7 +39,7 @@ export interface RunningServer {
 
 /** The controls `charter doctor` runs, in the server and in the CLI alike. */
 export function controlRegistry(): ControlRegistry {
-  return new ControlRegistry().register(...KERNEL_CONTROLS, ...AUDIT_CONTROLS);
+  return new ControlRegistry().register(...kernelControls(APPLICATION_INVENTORY), ...AUDIT_CONTROLS);
 }
 
 export async function runDoctor(db: Database, config: Config): Promise<CommandResult> {

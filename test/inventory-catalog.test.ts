@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { APPLICATION_INVENTORY } from "../src/modules/inventory.ts";
 import { PLATFORM_TABLES } from "../src/platform/db/index.ts";
 import {
   type ColumnEntry,
@@ -6,7 +7,6 @@ import {
   inventoryCatalogProblems,
   inventoryTables,
   kernelInventory,
-  PLATFORM_INVENTORY,
   type TableInventory,
   validateInventory,
 } from "../src/platform/inventory/index.ts";
@@ -15,21 +15,21 @@ import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/d
 const features = kernelInventory.tables.find((t) => t.table === "tenant_features") as TableInventory;
 const featureId = features.columns.id as ColumnEntry;
 
-/** The platform inventory with `tenant_features` replaced by `table`. */
+/** The application inventory with `tenant_features` replaced by `table`. */
 function withFeatures(table: TableInventory): Inventory {
-  return PLATFORM_INVENTORY.map((m) => ({
+  return APPLICATION_INVENTORY.map((m) => ({
     ...m,
     tables: m.tables.map((t) => (t.table === "tenant_features" ? table : t)),
   }));
 }
 
-describe("the platform inventory (P1)", () => {
+describe("the application inventory (P1)", () => {
   it("is consistent", () => {
-    expect(validateInventory(PLATFORM_INVENTORY)).toEqual([]);
+    expect(validateInventory(APPLICATION_INVENTORY)).toEqual([]);
   });
 
   it("agrees with the tenancy catalog on which tables are platform tables", () => {
-    const platform = inventoryTables(PLATFORM_INVENTORY)
+    const platform = inventoryTables(APPLICATION_INVENTORY)
       .filter((t) => t.owner === "platform")
       .map((t) => t.table)
       .sort();
@@ -44,12 +44,12 @@ describe.each(DATABASE_KINDS)("inventory against the live catalog on %s (P1)", (
   });
   afterAll(() => t?.close());
 
-  const problems = (inventory: Inventory = PLATFORM_INVENTORY) =>
+  const problems = (inventory: Inventory = APPLICATION_INVENTORY) =>
     t.db.withPlatform((tx) => inventoryCatalogProblems(tx, inventory));
 
   it("classifies every column of every table, and nothing that does not exist", async () => {
     expect(await problems()).toEqual([]);
-    const declared = inventoryTables(PLATFORM_INVENTORY).map((table) => table.table);
+    const declared = inventoryTables(APPLICATION_INVENTORY).map((table) => table.table);
     expect(declared).toEqual(
       expect.arrayContaining(["tenants", "tenant_features", "legal_holds", "schema_migrations"]),
     );
@@ -73,7 +73,7 @@ describe.each(DATABASE_KINDS)("inventory against the live catalog on %s (P1)", (
   it("catches entries for columns and tables that do not exist", async () => {
     const stale = withFeatures({ ...features, columns: { ...features.columns, retired: featureId } });
     const gone: Inventory = [
-      ...PLATFORM_INVENTORY,
+      ...APPLICATION_INVENTORY,
       { module: "probe", tables: [{ ...features, table: "probe_gone" }] },
     ];
     expect(await problems(stale)).toEqual([

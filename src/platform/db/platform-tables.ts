@@ -20,6 +20,13 @@ export const PLATFORM_TABLES: Readonly<Record<string, string>> = {
     "one head per audit chain, tenant and platform chains alike, so one query reads them all for checkpoints",
   platform_audit_events:
     "audit events with no tenant (sign-ins, denials, operator actions), on chains sharded by actor",
+  users: "users of Charter: one global identity each, with memberships in any number of tenants",
+  account_tokens: "single-use tokens emailed to a user (verification, reset, email change), global like the user",
+  sessions: "sessions are global: one sign-in serves every tenant the user is a member of, checked per request",
+  session_tokens: "the tokens of those global sessions, by hash",
+  operators: "the platform's operators, who belong to no tenant",
+  operator_setup_tokens: "the one-time link that creates the first operator, before any tenant exists",
+  user_tenants: "which tenants a user is in, by user: read without crossing tenants' row-level security",
   "pgboss.version": "pg-boss: its schema version and maintenance claims",
   "pgboss.queue": "pg-boss: one row per job kind and its dead-letter queue, shared by all tenants",
   "pgboss.job": "pg-boss: the jobs of every tenant (a job names its tenant among its ids, never holds data)",

@@ -13,11 +13,15 @@ export interface Tables {
   legal_holds: LegalHoldsTable;
 }
 
+/** A tenant's lifecycle (migration 0009): cancelled and pending-deletion are read-only with export. */
+export const TENANT_STATUSES = ["active", "suspended", "cancelled", "pending-deletion", "deleted"] as const;
+export type TenantStatus = (typeof TENANT_STATUSES)[number];
+
 export interface TenantsTable {
   id: string;
   slug: string;
   name: string;
-  status: "active" | "suspended";
+  status: TenantStatus;
   created_at: ColumnType<Date, Date | string, never>;
 }
 
@@ -25,6 +29,8 @@ export interface TenantSettingsTable {
   tenant_id: string;
   time_zone: string;
   locale: string;
+  /** Whether guests (external collaborators) may see records shared with them (migration 0009). */
+  guest_sharing: ColumnType<boolean, boolean | undefined, boolean>;
   updated_at: ColumnType<Date, Date | string, Date | string>;
 }
 

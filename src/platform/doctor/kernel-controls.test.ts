@@ -12,10 +12,10 @@ import { prepareDataDir } from "../data-dir.ts";
 import type { Database } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
 import type { Control } from "./controls.ts";
-import { KERNEL_CONTROLS } from "./kernel-controls.ts";
+import { kernelControls } from "./kernel-controls.ts";
 
 describe("control tls.settings (E1)", () => {
-  const control = KERNEL_CONTROLS.find((c) => c.id === "tls.settings");
+  const control = kernelControls().find((c) => c.id === "tls.settings");
   // This control reads the configuration and the TLS files only.
   const check = (env: Record<string, string>) =>
     control?.check({ db: undefined as unknown as Database, config: loadConfig(env) });
@@ -54,7 +54,7 @@ describe("control tls.settings (E1)", () => {
 });
 
 describe.each(DATABASE_KINDS)("control keys.destruction-journal on %s (P4)", (kind) => {
-  const control = KERNEL_CONTROLS.find((c) => c.id === "keys.destruction-journal") as Control;
+  const control = kernelControls().find((c) => c.id === "keys.destruction-journal") as Control;
   const clock = manualClock("2026-06-01T12:00:00Z");
   let t: TestDatabase;
   let dataDir: string;

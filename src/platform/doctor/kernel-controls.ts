@@ -8,7 +8,7 @@ import { keyFileCheck } from "../crypto/master-key.ts";
 import { existingSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
-import { inventoryCatalogProblems, PLATFORM_INVENTORY, validateInventory } from "../inventory/index.ts";
+import { type Inventory, inventoryCatalogProblems, PLATFORM_INVENTORY, validateInventory } from "../inventory/index.ts";
 import { type Control, evidenceFrom } from "./controls.ts";
 
 const runtimeRole: Control = {
@@ -40,19 +40,20 @@ const tenancyCatalog: Control = {
   },
 };
 
-const dataInventory: Control = {
+/** The inventory control checks the application's whole inventory: the platform's and every module's. */
+const dataInventory = (inventory: Inventory): Control => ({
   id: "privacy.data-inventory",
   title: "Every column of every table is classified in the data inventory",
   promises: ["P1"],
   period: "PT1H",
   async check({ db }) {
     const problems = [
-      ...validateInventory(PLATFORM_INVENTORY),
-      ...(await db.withPlatform((tx) => inventoryCatalogProblems(tx, PLATFORM_INVENTORY))),
+      ...validateInventory(inventory),
+      ...(await db.withPlatform((tx) => inventoryCatalogProblems(tx, inventory))),
     ];
     return evidenceFrom(problems, "every column is classified (category, purpose, legal basis, erasure, retention)");
   },
-};
+});
 
 const migrations: Control = {
   id: "db.migrations",
@@ -152,10 +153,11 @@ const tlsSettings: Control = {
   },
 };
 
-export const KERNEL_CONTROLS: Control[] = [
+/** The kernel's controls, given the application's inventory (modules add their tables to the platform's). */
+export const kernelControls = (inventory: Inventory = PLATFORM_INVENTORY): Control[] => [
   runtimeRole,
   tenancyCatalog,
-  dataInventory,
+  dataInventory(inventory),
   migrations,
   masterKeyFile,
   destructionJournal,

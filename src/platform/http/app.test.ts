@@ -15,7 +15,7 @@ import type { Tenant } from "../tenancy/tenants.ts";
 import { createTestTenant } from "../tenancy/testing.ts";
 import type { AccessControl } from "./app.ts";
 import { HttpProblem, PROBLEM_TYPES, type ProblemSlug } from "./problem.ts";
-import { type AnyRoute, defineRoute, type Principal } from "./routes.ts";
+import { type AnyRoute, defineRoute, type Grant, type Principal } from "./routes.ts";
 import { buildTestApp, type TestApp } from "./test-app.ts";
 
 const PUBLIC = { kind: "public" } as const;
@@ -37,28 +37,35 @@ function expectProblem(response: LightMyRequestResponse, slug: ProblemSlug) {
 }
 
 /**
- * The identity module's part, played by a test double: the `x-test-user` header names the principal, and
- * `grant` decides what it may do in which tenant. Every call is counted.
+ * The identity module's part, played by a test double: the `x-test-user` header names the principal,
+ * `join` makes it a member of a tenant and `grant` a member with a permission. Every call is counted.
  */
 function accessDouble() {
   const grants = new Set<string>();
+  const members = new Set<string>();
   const calls = { principal: 0, allows: [] as string[] };
   const access: AccessControl = {
     async principal(request) {
       calls.principal += 1;
       const user = request.headers["x-test-user"];
-      return typeof user === "string" ? { kind: "user", actorId: user } : null;
+      return typeof user === "string" ? { kind: user === "operator" ? "operator" : "user", actorId: user } : null;
     },
-    async allows(principal, tenantId, permission) {
+    async authorize(principal, tenantId, permission) {
       calls.allows.push(`${principal.actorId}|${tenantId}|${permission}`);
-      return grants.has(`${principal.actorId}|${tenantId}|${permission}`);
+      if (!members.has(`${principal.actorId}|${tenantId}`)) return { outcome: "not-member" };
+      if (!grants.has(`${principal.actorId}|${tenantId}|${permission}`)) return { outcome: "forbidden" };
+      return { outcome: "granted", grant: { actorId: `m-${principal.actorId}`, membershipId: null, role: "test" } };
     },
   };
+  const join = (actorId: string, tenantId: string) => members.add(`${actorId}|${tenantId}`);
   return {
     access,
     calls,
-    grant: (actorId: string, tenantId: string, permission: string) =>
-      grants.add(`${actorId}|${tenantId}|${permission}`),
+    join,
+    grant: (actorId: string, tenantId: string, permission: string) => {
+      join(actorId, tenantId);
+      grants.add(`${actorId}|${tenantId}|${permission}`);
+    },
   };
 }
 
@@ -224,6 +231,18 @@ describe("HTTP kernel on pglite", () => {
     }),
     defineRoute({
       method: "GET",
+      url: "/api/operator/things",
+      operationId: "listOperatorThings",
+      summary: "Operators only",
+      permission: { kind: "operator" },
+      response: OK,
+      handler: async () => {
+        calls.hit("listOperatorThings");
+        return { ok: true };
+      },
+    }),
+    defineRoute({
+      method: "GET",
       url: "/api/tenants/:tenantId/things",
       operationId: "listTenantThings",
       summary: "Lists a tenant's things",
@@ -288,13 +307,23 @@ describe("HTTP kernel on pglite", () => {
       expect(calls.of("getMe")).toBe(0);
     });
 
-    it("403 for a tenant route the access control refuses", async () => {
-      const response = await app.inject({
-        url: `/api/tenants/${tenant.id}/things`,
-        headers: { "x-test-user": "stranger" },
-      });
-      expectProblem(response, "forbidden");
+    it("an operator route answers operators only: 401 anonymous, 403 a user, 200 an operator", async () => {
+      expectProblem(await app.inject({ url: "/api/operator/things" }), "unauthenticated");
+      expectProblem(await app.inject({ url: "/api/operator/things", headers: { "x-test-user": "u1" } }), "forbidden");
+      expect(calls.of("listOperatorThings")).toBe(0);
+      const response = await app.inject({ url: "/api/operator/things", headers: { "x-test-user": "operator" } });
+      expect(response.statusCode).toBe(200);
+      expect(calls.of("listOperatorThings")).toBe(1);
+    });
+
+    it("404 for a non-member, as for an unknown tenant; 403 for a member without the permission", async () => {
+      const url = `/api/tenants/${tenant.id}/things`;
+      const stranger = await app.inject({ url, headers: { "x-test-user": "stranger" } });
+      const unknown = await app.inject({ url: `/api/tenants/${uuidv7()}/things`, headers: { "x-test-user": "u1" } });
+      expect(expectProblem(stranger, "not-found").detail).toBe(expectProblem(unknown, "not-found").detail);
       expect(double.calls.allows).toContain(`stranger|${tenant.id}|things:read`);
+      double.join("bystander", tenant.id);
+      expectProblem(await app.inject({ url, headers: { "x-test-user": "bystander" } }), "forbidden");
       expect(calls.of("listTenantThings")).toBe(0);
     });
 
@@ -624,8 +653,8 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
         permission: "notes:read",
         record: {
           name: "shared notes only",
-          allows: async (principal: Principal, tenantId: string, params: unknown) => {
-            records.push({ actorId: principal.actorId, tenantId, params });
+          allows: async (principal: Principal, grant: Grant, tenantId: string, params: unknown) => {
+            records.push({ actorId: principal.actorId, grantActor: grant.actorId, tenantId, params });
             return (params as { noteId: string }).noteId === "shared";
           },
         },
@@ -716,8 +745,8 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
     expect(calls.of("listNotes")).toBe(1);
   });
 
-  it("refuses the same principal in another tenant with 403", async () => {
-    expectProblem(await app.inject({ url: `/api/tenants/${other.id}/notes`, headers: alice }), "forbidden");
+  it("refuses the same principal in another tenant with 404", async () => {
+    expectProblem(await app.inject({ url: `/api/tenants/${other.id}/notes`, headers: alice }), "not-found");
     expect(double.calls.allows).toContain(`alice|${other.id}|notes:read`);
     expect(calls.of("listNotes")).toBe(1);
   });
@@ -773,10 +802,12 @@ describe.each(DATABASE_KINDS)("route permissions on %s (T2)", (kind) => {
     expect(calls.of("getNote")).toBe(1);
     expect(records.at(-1)).toEqual({
       actorId: "alice",
+      grantActor: "m-alice",
       tenantId: tenant.id,
       params: { tenantId: tenant.id, noteId: "shared" },
     });
-    // The tenant permission comes first: the record check never runs for a non-member.
+    // The tenant permission comes first: the record check never runs for a member without it (alice is a
+    // member of the other tenant, with reports:read only).
     const before = records.length;
     expectProblem(await app.inject({ url: `/api/tenants/${other.id}/notes/shared`, headers: alice }), "forbidden");
     expect(records.length).toBe(before);

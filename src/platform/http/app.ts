@@ -19,18 +19,33 @@ import type { RateLimiter } from "../ratelimit/limiter.ts";
 import { isFeatureEnabled } from "../tenancy/features.ts";
 import { findTenant } from "../tenancy/tenants.ts";
 import { HttpProblem, type ProblemSlug, problemBody } from "./problem.ts";
-import { type AnyRoute, CONTENT_TYPES, type ContentType, isApiPath, type Principal } from "./routes.ts";
+import { type AnyRoute, CONTENT_TYPES, type ContentType, type Grant, isApiPath, type Principal } from "./routes.ts";
+
+/**
+ * The answer of an access check in a tenant. A principal who is not a member (or whose key belongs to
+ * another tenant) is told the tenant does not exist (404), exactly as for an unknown id; a member without
+ * the permission is refused (403).
+ */
+export type TenantAccess =
+  | { outcome: "granted"; grant: Grant }
+  | { outcome: "not-member" }
+  | { outcome: "forbidden"; detail?: string };
 
 /** How the identity module tells the kernel who is calling and what they may do. */
 export interface AccessControl {
-  principal(request: FastifyRequest): Promise<Principal | null>;
-  allows(principal: Principal, tenantId: string, permission: string): Promise<boolean>;
+  /**
+   * Who is calling, or null. `tenantId` is the well-formed tenant id of the path on tenant routes (an API
+   * key works in its own tenant only). May set headers on `reply` (a rotated session cookie).
+   */
+  principal(request: FastifyRequest, reply: FastifyReply, tenantId: string | undefined): Promise<Principal | null>;
+  /** Whether the principal holds `permission` in the tenant, checked on every request. */
+  authorize(principal: Principal, tenantId: string, permission: string): Promise<TenantAccess>;
 }
 
 /** Until an identity module is installed nobody is signed in, so every protected route is refused. */
 export const noAccessControl: AccessControl = {
   principal: async () => null,
-  allows: async () => false,
+  authorize: async () => ({ outcome: "not-member" }),
 };
 
 export interface AppDeps {
@@ -50,6 +65,7 @@ const DEFAULT_BODY_LIMIT = 1024 * 1024;
 
 interface CharterRequestState {
   principal: Principal | null;
+  grant: Grant | undefined;
   tenantId: string | undefined;
   rawBody: Buffer | undefined;
 }
@@ -174,7 +190,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   });
 
   app.addHook("onRequest", async (request, reply) => {
-    request.charter = { principal: null, tenantId: undefined, rawBody: undefined };
+    request.charter = { principal: null, grant: undefined, tenantId: undefined, rawBody: undefined };
     reply.header("x-request-id", request.id);
     const path = request.url.split("?")[0] ?? "/";
     const route = request.routeOptions.config.charterRoute;
@@ -249,7 +265,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   return app;
 }
 
-const PERMISSION_KINDS: readonly string[] = ["public", "public-tenant", "authenticated", "tenant"];
+const PERMISSION_KINDS: readonly string[] = ["public", "public-tenant", "authenticated", "tenant", "operator"];
 
 function checkRouteDeclaration(route: AnyRoute, operationIds: Set<string>): void {
   const where = `${route.method} ${route.url}`;
@@ -284,6 +300,7 @@ function permissionLabel(route: AnyRoute): string {
   const p = route.permission;
   if (p.kind === "tenant") return `tenant:${p.permission}${p.record ? ` (record: ${p.record.name})` : ""}`;
   if (p.kind === "public-tenant") return `public-tenant (credential: ${p.credential.name})`;
+  if (p.kind === "operator") return "operator";
   return p.kind;
 }
 
@@ -299,8 +316,11 @@ function registerRoute(
   if (!route.url.includes("*")) router.on(route.method, route.url, () => {});
   const contentTypes: readonly ContentType[] = route.contentTypes ?? ["application/json"];
 
+  const notFound = (request: FastifyRequest) =>
+    new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
+
   async function tenantFromPath(request: FastifyRequest): Promise<string> {
-    const tenantId = (request.params as { tenantId?: string }).tenantId ?? "";
+    const tenantId = pathTenantId(request) ?? "";
     if (!isUuid(tenantId)) throw new HttpProblem("not-found", "no such tenant");
     const feature = route.feature;
     // One tenant transaction answers both: the registry row (a platform table) and the feature switch.
@@ -309,12 +329,14 @@ function registerRoute(
       on: feature === undefined || (await isFeatureEnabled(tx, tenantId, feature)),
     }));
     if (!exists) throw new HttpProblem("not-found", "no such tenant");
-    if (!on) throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
+    if (!on) throw notFound(request);
     return tenantId;
   }
 
+  const pathTenantId = (request: FastifyRequest) => (request.params as { tenantId?: string }).tenantId;
+
   // Runs before the body is read: callers learn nothing about the body's schema before they are let in.
-  async function guard(request: FastifyRequest): Promise<void> {
+  async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const permission = route.permission;
     if (permission.kind === "public") return;
     if (permission.kind === "public-tenant") {
@@ -325,16 +347,24 @@ function registerRoute(
       request.charter.tenantId = tenantId;
       return;
     }
-    const principal = await access.principal(request);
+    const pathTenant = permission.kind === "tenant" ? pathTenantId(request) : undefined;
+    const principal = await access.principal(request, reply, pathTenant && isUuid(pathTenant) ? pathTenant : undefined);
     if (!principal) throw new HttpProblem("unauthenticated");
     request.charter.principal = principal;
     if (permission.kind === "authenticated") return;
-    const tenantId = await tenantFromPath(request);
-    if (!(await access.allows(principal, tenantId, permission.permission))) throw new HttpProblem("forbidden");
-    // A record the caller may not see is reported as absent, so its existence does not leak.
-    if (permission.record && !(await permission.record.allows(principal, tenantId, request.params))) {
-      throw new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
+    if (permission.kind === "operator") {
+      if (principal.kind !== "operator") throw new HttpProblem("forbidden", "this operation is for operators only");
+      return;
     }
+    const tenantId = await tenantFromPath(request);
+    const decision = await access.authorize(principal, tenantId, permission.permission);
+    if (decision.outcome === "not-member") throw new HttpProblem("not-found", "no such tenant");
+    if (decision.outcome === "forbidden") throw new HttpProblem("forbidden", decision.detail);
+    // A record the caller may not see is reported as absent, so its existence does not leak.
+    if (permission.record && !(await permission.record.allows(principal, decision.grant, tenantId, request.params))) {
+      throw notFound(request);
+    }
+    request.charter.grant = decision.grant;
     request.charter.tenantId = tenantId;
   }
 
@@ -372,6 +402,7 @@ function registerRoute(
         rawBody: request.charter.rawBody,
         requestId: request.id,
         principal: request.charter.principal,
+        grant: request.charter.grant,
         tenantId: request.charter.tenantId,
         raw: request,
       };

@@ -4,8 +4,23 @@ import type { z } from "zod";
 /** Who is calling: resolved by the identity module's access control; the kernel knows no one. */
 export interface Principal {
   kind: "user" | "api-key" | "operator";
-  /** Pseudonymous id used as the actor of transactions and audit events. */
+  /** Pseudonymous id used as the actor of platform transactions and audit events (a user or key id). */
   actorId: string;
+  /** The signed-in user and their session (users and operators); absent for API keys. */
+  userId?: string;
+  sessionId?: string;
+}
+
+/**
+ * What a principal holds in the tenant of a tenant route, once the access control granted the route's
+ * permission: the actor of the tenant's transactions and events (a membership or API key id) and the role
+ * it acts with.
+ */
+export interface Grant {
+  actorId: string;
+  /** The membership acting (for an API key: its owner's, or null for a service key). */
+  membershipId: string | null;
+  role: string;
 }
 
 /** A check of the credential a public-tenant route accepts in place of a membership. */
@@ -18,7 +33,7 @@ export interface CredentialCheck {
 /** A record-level check after the tenant permission passed (guests see only what is shared with them). */
 export interface RecordCheck {
   name: string;
-  allows(principal: Principal, tenantId: string, params: unknown): Promise<boolean>;
+  allows(principal: Principal, grant: Grant, tenantId: string, params: unknown): Promise<boolean>;
 }
 
 /**
@@ -27,12 +42,14 @@ export interface RecordCheck {
  * - public-tenant: the tenant comes from the path and no membership is needed, but a declared credential is.
  * - authenticated: any signed-in principal.
  * - tenant: a named permission in the tenant named by `:tenantId`, optionally with a record-level check.
+ * - operator: the platform's operators only (they hold no tenant permission at all).
  */
 export type Permission =
   | { kind: "public" }
   | { kind: "public-tenant"; credential: CredentialCheck }
   | { kind: "authenticated" }
-  | { kind: "tenant"; permission: string; record?: RecordCheck };
+  | { kind: "tenant"; permission: string; record?: RecordCheck }
+  | { kind: "operator" };
 
 export const CONTENT_TYPES = ["application/json", "application/x-www-form-urlencoded"] as const;
 export type ContentType = (typeof CONTENT_TYPES)[number];
@@ -48,6 +65,8 @@ export interface RouteRequest<P, Q, B> {
   rawBody: Buffer | undefined;
   requestId: string;
   principal: Principal | null;
+  /** What the principal holds in the tenant, for tenant routes. */
+  grant: Grant | undefined;
   /** The tenant named by the path, for tenant and public-tenant routes. */
   tenantId: string | undefined;
   /** The underlying request, for headers, cookies and the client address. */
@@ -56,7 +75,7 @@ export interface RouteRequest<P, Q, B> {
 
 export interface RouteSpec<P = undefined, Q = undefined, B = undefined> {
   method: "GET" | "POST" | "PUT" | "PATCH" | "DELETE";
-  /** Fastify path; API routes live under /api/, tenant routes under /api/tenants/:tenantId/. */
+  /** Fastify path; API routes live under /api/v1/, tenant routes under /api/v1/tenants/:tenantId/. */
   url: string;
   /** Stable id of the operation, used by the generated client. */
   operationId: string;

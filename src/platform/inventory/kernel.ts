@@ -38,7 +38,10 @@ const tenants = defineTable("tenants", {
       erasure: { action: "anonymise", strategy: "placeholder" },
       retention: { anchor: "subscription-ended", duration: "P90D", action: "anonymise" },
     },
-    status: notPersonal("account", "whether the tenant is served (active) or suspended"),
+    status: notPersonal(
+      "account",
+      "the tenant's lifecycle: active, suspended, cancelled or pending deletion (read-only with export), deleted",
+    ),
     created_at: notPersonal("account", "when the tenant was created"),
   },
 });
@@ -51,6 +54,7 @@ const tenantSettings = defineTable("tenant_settings", {
     tenant_id: notPersonal("account", "the tenant the settings belong to", WITH_TENANT_DATA),
     time_zone: notPersonal("account", "the tenant's default time zone for dates and schedules", WITH_TENANT_DATA),
     locale: notPersonal("account", "the tenant's default language and formats", WITH_TENANT_DATA),
+    guest_sharing: notPersonal("account", "whether guests may see records shared with them", WITH_TENANT_DATA),
     updated_at: notPersonal("account", "when the settings last changed", WITH_TENANT_DATA),
   },
 });

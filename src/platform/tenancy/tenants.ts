@@ -3,6 +3,7 @@ import { type Actor, SYSTEM_ACTOR } from "../audit/event.ts";
 import type { Clock } from "../clock.ts";
 import type { KeyRing } from "../crypto/key-ring.ts";
 import type { Database, Tx } from "../db/index.ts";
+import type { TenantStatus } from "../db/schema.ts";
 import { uuidv7 } from "../ids.ts";
 
 export interface NewTenant {
@@ -16,7 +17,7 @@ export interface Tenant {
   id: string;
   slug: string;
   name: string;
-  status: "active" | "suspended";
+  status: TenantStatus;
   createdAt: Date;
 }
 
