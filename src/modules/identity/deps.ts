@@ -1,0 +1,20 @@
+import type { Config } from "../../config.ts";
+import type { Audit } from "../../platform/audit/index.ts";
+import type { Clock } from "../../platform/clock.ts";
+import type { KeyRing } from "../../platform/crypto/key-ring.ts";
+import type { Database } from "../../platform/db/index.ts";
+import type { Mailer } from "../../platform/mail/index.ts";
+import type { RateLimiter } from "../../platform/ratelimit/limiter.ts";
+import type { PasswordHasher } from "./passwords.ts";
+
+/** What the identity module is built on; one object, created where the application wires its modules. */
+export interface IdentityDeps {
+  db: Database;
+  clock: Clock;
+  keyRing: KeyRing;
+  audit: Audit;
+  mailer: Mailer;
+  rateLimiter: RateLimiter;
+  passwords: PasswordHasher;
+  config: Pick<Config, "publicUrl">;
+}

@@ -1,0 +1,36 @@
+import type { AccessControl } from "../../platform/http/app.ts";
+import type { AnyRoute } from "../../platform/http/routes.ts";
+import type { MailTemplate } from "../../platform/mail/index.ts";
+import { createAccessControl } from "./access.ts";
+import { identityTemplates } from "./account-mail.ts";
+import { accountRoutes } from "./account-routes.ts";
+import { apiKeyRoutes } from "./api-key-routes.ts";
+import type { IdentityDeps } from "./deps.ts";
+import { memberRoutes } from "./member-routes.ts";
+import { operatorRoutes } from "./operator-routes.ts";
+import { sessionRoutes } from "./session-routes.ts";
+
+export type { IdentityDeps } from "./deps.ts";
+export { identityInventory } from "./inventory.ts";
+
+export interface Identity {
+  routes: AnyRoute[];
+  accessControl: AccessControl;
+}
+
+/** The identity module's mail templates, registered with the mailer before the module is built. */
+export const IDENTITY_TEMPLATES: readonly MailTemplate[] = identityTemplates;
+
+/** The identity module: its routes and the access control every protected route goes through. */
+export function createIdentity(deps: IdentityDeps): Identity {
+  return {
+    routes: [
+      ...accountRoutes(deps),
+      ...sessionRoutes(deps),
+      ...memberRoutes(deps),
+      ...operatorRoutes(deps),
+      ...apiKeyRoutes(deps),
+    ],
+    accessControl: createAccessControl(deps),
+  };
+}
