@@ -1,5 +1,6 @@
 import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
+import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
 import { auditCommands } from "./platform/audit/cli.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
 import { systemClock } from "./platform/clock.ts";
@@ -15,7 +16,7 @@ import {
   MigrationError,
   UnsafeRuntimeRoleError,
 } from "./platform/db/index.ts";
-import { createMailer, mailOutboxCommand, platformTemplates } from "./platform/mail/index.ts";
+import { createMailer, mailOutboxCommand } from "./platform/mail/index.ts";
 import { controlSocketPath, runDoctor, runMigrate, startServer } from "./server.ts";
 
 /** Another process holds the embedded database and no server answers on its control socket. */
@@ -147,7 +148,7 @@ mail
       const paths = prepareDataDir(cfg.dataDir);
       // Reads only: no journal, so nothing here can touch the file the server appends to.
       const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
-      return mailOutboxCommand(createMailer({ db, keyRing, clock: systemClock, templates: platformTemplates }));
+      return mailOutboxCommand(createMailer({ db, keyRing, clock: systemClock, templates: APPLICATION_TEMPLATES }));
     };
     report(await maintenance("mail-outbox", cfg, outbox).catch(fail));
   });

@@ -3,7 +3,10 @@ import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
+import { createIdentity } from "./modules/identity/index.ts";
+import { createPasswordHasher } from "./modules/identity/passwords.ts";
 import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
+import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
 import { scheduleCheckpoints } from "./platform/audit/checkpoints.ts";
 import { auditSocketHandlers } from "./platform/audit/cli.ts";
 import { AUDIT_CONTROLS } from "./platform/audit/controls.ts";
@@ -96,8 +99,27 @@ export async function startServer(
     const signingKey = loadSigningKey(paths, options.warn);
     const journal = openJournal({ dir: paths.journal, signingKey, clock });
     const log = createLogger(options.log === false ? "silent" : config.logLevel);
-    services = createPlatformServices({ config, db, clock, paths, masterKey, journal, log });
-    const { keyRing, jobs, mailer } = services;
+    services = createPlatformServices({
+      config,
+      db,
+      clock,
+      paths,
+      masterKey,
+      journal,
+      log,
+      templates: APPLICATION_TEMPLATES,
+    });
+    const { keyRing, jobs, mailer, audit } = services;
+    const identity = createIdentity({
+      db,
+      clock,
+      keyRing,
+      audit,
+      mailer,
+      rateLimiter,
+      passwords: createPasswordHasher(),
+      config,
+    });
     const checkpointWriter = { db, clock, dir: paths.checkpoints, signingKey };
     scheduleCheckpoints(jobs, checkpointWriter);
     options.defineJobs?.(jobs);
@@ -111,7 +133,8 @@ export async function startServer(
       db,
       clock,
       rateLimiter,
-      routes: [...(options.routes ?? []), ...kernelRoutes({ db, app: self })],
+      routes: [...identity.routes, ...(options.routes ?? []), ...kernelRoutes({ db, app: self })],
+      accessControl: identity.accessControl,
       ...(https ? { https } : {}),
       ...(options.log === undefined ? {} : { log: options.log }),
     });
