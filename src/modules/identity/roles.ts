@@ -95,3 +95,15 @@ export function statusAllows(status: TenantStatus, permission: TenantPermission)
   if (status === "cancelled" || status === "pending-deletion") return !PERMISSIONS[permission].writes;
   return false;
 }
+
+/** The permission table as Markdown, as the README shows it (roles.test.ts keeps the two the same). */
+export function permissionTableMarkdown(): string {
+  const head = `| permission | ${MEMBERSHIP_ROLES.join(" | ")} | cancelled tenant | what it allows |`;
+  const rule = `|---|${MEMBERSHIP_ROLES.map(() => ":-:").join("|")}|:-:|---|`;
+  const rows = Object.entries(PERMISSIONS).map(([name, permission]) => {
+    const roles = permission.roles as readonly MembershipRole[];
+    const cells = MEMBERSHIP_ROLES.map((role) => (roles.includes(role) ? "✓" : ""));
+    return `| \`${name}\` | ${cells.join(" | ")} | ${permission.writes ? "" : "✓"} | ${permission.description} |`;
+  });
+  return [head, rule, ...rows].join("\n");
+}
