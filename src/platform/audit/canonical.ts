@@ -26,52 +26,83 @@ export class CanonicalFormError extends TypeError {
 
 const MAX_DEPTH = 64;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+/** A string that JSON.stringify writes as itself between quotes: printable ASCII without `"` and `\`. */
+const PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
 
-function string(value: string, path: string): string {
-  if (LONE_SURROGATE.test(value)) throw new CanonicalFormError(`${path}: a string with a lone surrogate`);
+/**
+ * A refusal on its way up: the path is built only when something is refused, one segment per level the
+ * error passes, so the text written for an accepted value allocates no paths (hashing is most of what
+ * verification costs).
+ */
+class Refusal extends Error {
+  readonly reason: string;
+  /** Innermost first. */
+  readonly segments: string[] = [];
+  constructor(reason: string) {
+    super(reason);
+    this.reason = reason;
+  }
+}
+
+function within(error: unknown, segment: string): unknown {
+  if (error instanceof Refusal) error.segments.push(segment);
+  return error;
+}
+
+function string(value: string): string {
+  if (PLAIN.test(value)) return `"${value}"`;
+  if (LONE_SURROGATE.test(value)) throw new Refusal("a string with a lone surrogate");
   return JSON.stringify(value);
 }
 
-function write(value: unknown, path: string, depth: number): string {
+function write(value: unknown, depth: number): string {
   if (value === null) return "null";
   switch (typeof value) {
     case "boolean":
       return value ? "true" : "false";
     case "number":
       if (!Number.isSafeInteger(value)) {
-        throw new CanonicalFormError(`${path}: ${value} is not an integer in the safe range (no floating point)`);
+        throw new Refusal(`${value} is not an integer in the safe range (no floating point)`);
       }
       return String(value);
     case "string":
-      return string(value, path);
+      return string(value);
     case "object":
       break;
     default:
-      throw new CanonicalFormError(`${path}: a ${typeof value} is not a JSON value`);
+      throw new Refusal(`a ${typeof value} is not a JSON value`);
   }
-  if (depth >= MAX_DEPTH) throw new CanonicalFormError(`${path}: nested deeper than ${MAX_DEPTH}`);
+  if (depth >= MAX_DEPTH) throw new Refusal(`nested deeper than ${MAX_DEPTH}`);
   if (Array.isArray(value)) {
-    const items: string[] = [];
+    let text = "[";
     for (let i = 0; i < value.length; i++) {
-      if (!(i in value)) throw new CanonicalFormError(`${path}[${i}]: a hole in an array`);
-      items.push(write(value[i], `${path}[${i}]`, depth + 1));
+      if (!(i in value)) throw within(new Refusal("a hole in an array"), `[${i}]`);
+      try {
+        text += i === 0 ? write(value[i], depth + 1) : `,${write(value[i], depth + 1)}`;
+      } catch (error) {
+        throw within(error, `[${i}]`);
+      }
     }
-    return `[${items.join(",")}]`;
+    return `${text}]`;
   }
   const proto = Object.getPrototypeOf(value);
-  if (proto !== Object.prototype && proto !== null) {
-    throw new CanonicalFormError(`${path}: only plain objects are JSON objects`);
-  }
-  if (Object.getOwnPropertySymbols(value).length > 0) {
-    throw new CanonicalFormError(`${path}: an object with symbol keys`);
-  }
+  if (proto !== Object.prototype && proto !== null) throw new Refusal("only plain objects are JSON objects");
+  if (Object.getOwnPropertySymbols(value).length > 0) throw new Refusal("an object with symbol keys");
   // The default sort compares UTF-16 code units, which is what RFC 8785 asks for.
-  const names = Object.keys(value).sort();
-  const members = names.map((name) => {
-    const member = (value as Record<string, unknown>)[name];
-    return `${string(name, path)}:${write(member, `${path}.${name}`, depth + 1)}`;
-  });
-  return `{${members.join(",")}}`;
+  const names = Object.keys(value);
+  if (names.length > 1) names.sort();
+  let text = "{";
+  for (let i = 0; i < names.length; i++) {
+    const name = names[i] as string;
+    // A refused name is reported at the object, as before any member is written.
+    const key = string(name);
+    try {
+      text += `${i === 0 ? "" : ","}${key}:${write((value as Record<string, unknown>)[name], depth + 1)}`;
+    } catch (error) {
+      throw within(error, `.${name}`);
+    }
+  }
+  return `${text}}`;
 }
 
 /**
@@ -80,12 +111,17 @@ function write(value: unknown, path: string, depth: number): string {
  * as canonicalize of the whole.
  */
 export function canonicalizeAt(value: unknown, path: string, depth: number): string {
-  return typeof value === "string" ? string(value, path) : write(value, path, depth);
+  try {
+    return typeof value === "string" ? string(value) : write(value, depth);
+  } catch (error) {
+    if (!(error instanceof Refusal)) throw error;
+    throw new CanonicalFormError(`${path}${error.segments.reverse().join("")}: ${error.reason}`);
+  }
 }
 
 /** The canonical text of a JSON value; throws CanonicalFormError for anything outside the form above. */
 export function canonicalize(value: unknown): string {
-  return write(value, "$", 0);
+  return canonicalizeAt(value, "$", 0);
 }
 
 /** The canonical form as UTF-8 bytes: what a hash is taken over. */

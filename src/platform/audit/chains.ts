@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import type { Tx } from "../db/index.ts";
+import type { TextRow, TextRows, Tx } from "../db/index.ts";
 import type { JsonObject } from "./canonical.ts";
 import type { ActorKind, StoredEvent, Stream } from "./event.ts";
 import "./schema.ts";
@@ -67,8 +67,11 @@ const COLUMNS = sql.raw(
     "personal, request_id, cause_kind, cause_id, prev_hash, hash",
 );
 
+/** The event's time as hashed: milliseconds, or all six digits when the stored time has more. */
+const atOf = (text: string) => (text.endsWith("000") ? `${text.slice(0, -3)}Z` : `${text}Z`);
+
 function toEvent(row: EventRow, tenantId: string | null): StoredEvent {
-  const at = row.at.endsWith("000") ? `${row.at.slice(0, -3)}Z` : `${row.at}Z`;
+  const at = atOf(row.at);
   return {
     v: row.v as 1,
     id: row.id,
@@ -122,13 +125,98 @@ export async function eventByHash(
   return (await select(tx, chain, sql`${sql.ref(column)} = ${hash}`, 1))[0];
 }
 
-/** Each chain that has events in the table (of one tenant, or the platform's), with its first sequence. */
-export async function chainsWithEvents(tx: Tx, tenantId: string | null): Promise<{ chainId: string; first: number }[]> {
-  const { rows } = await (tenantId === null
-    ? sql<{ chain_id: string; first: number | string }>`
-        SELECT chain_id, min(seq) AS first FROM platform_audit_events GROUP BY chain_id`
-    : sql<{ chain_id: string; first: number | string }>`
-        SELECT chain_id, min(seq) AS first FROM audit_events WHERE tenant_id = ${tenantId} GROUP BY chain_id`
-  ).execute(tx);
-  return rows.map((r) => ({ chainId: r.chain_id, first: Number(r.first) }));
+/**
+ * The columns of EventRow as text, in this order, for TextRows: the same values the driver parses for
+ * `select` (uuid and text as they are, bigint and smallint as decimal, jsonb as JSON, uuid[] as an array
+ * literal), read without a row object per event.
+ */
+const TEXT_COLUMNS =
+  "id::text, chain_id, seq::text, v::text, stream, actor_kind, actor_id::text, action, target_type, " +
+  "target_id::text, subject_ids::text, details::text, personal::text, request_id, cause_kind, cause_id::text, " +
+  `prev_hash, hash, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')`;
+const CHAIN = 1;
+const SEQ = 2;
+
+/**
+ * A uuid[] literal as the driver parses it, for the only form a uuid array has: `{}` or unquoted elements
+ * (NULL for a null). Anything else (nested, quoted) gives undefined: the caller reads that event again
+ * through the driver rather than guess.
+ */
+function uuidArray(text: string): (string | null)[] | undefined {
+  if (text === "{}") return [];
+  if (text.length < 2 || text[0] !== "{" || text[text.length - 1] !== "}") return undefined;
+  const inner = text.slice(1, -1);
+  if (/[{}"\\\s]/.test(inner)) return undefined;
+  return inner.split(",").map((item) => (item === "NULL" ? null : item));
+}
+
+/** BIGINT text as the driver reads it (engines.ts): a number, refused beyond the safe range. */
+function bigint(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n)) throw new RangeError(`bigint ${text} exceeds the safe integer range`);
+  return n;
+}
+
+/**
+ * A row of TEXT_COLUMNS as the event `select` gives for it, or undefined where the text is not in the form
+ * this reads (then the event is read through the driver instead). Never a different event: a value it
+ * cannot take as the driver would is undefined, not guessed.
+ */
+function textRowEvent(row: TextRow, tenantId: string | null): StoredEvent | undefined {
+  const [id, chainId, seq, v, stream, actorKind, actorId, action, targetType, targetId, subjects] = row;
+  const [details, personal, requestId, causeKind, causeId, prev, hash, at] = row.slice(11);
+  if (row.length !== 19 || seq == null || v == null || subjects == null || details == null) return undefined;
+  if (personal == null || at == null) return undefined;
+  const subjectIds = uuidArray(subjects);
+  if (subjectIds === undefined) return undefined;
+  return {
+    v: Number.parseInt(v, 10) as 1,
+    id: id as string,
+    chain: chainId as string,
+    tenant: tenantId,
+    stream: stream as Stream,
+    seq: bigint(seq),
+    at: atOf(at),
+    actor: { kind: actorKind as ActorKind, id: actorId ?? null },
+    action: action as string,
+    target: { type: targetType as string, id: targetId ?? null },
+    subjects: subjectIds as string[],
+    details: JSON.parse(details) as JsonObject,
+    personal: JSON.parse(personal) as Record<string, string>,
+    request: requestId ?? null,
+    cause: causeKind == null || causeId == null ? null : { kind: causeKind, id: causeId },
+    prev: prev as string,
+    hash: hash as string,
+  };
+}
+
+/** Where an event of the stream sits, whether or not its row could be read as an event. */
+export interface StreamedEvent {
+  chainId: string;
+  seq: number;
+  /** Undefined: read this event through `eventAt` (the driver) to know what it holds. */
+  event: StoredEvent | undefined;
+}
+
+/**
+ * Every event of the tenant set on the transaction (tenantId), or of the platform's table (null), ordered
+ * by chain and sequence, one at a time as the database sends them, in one statement: verification's read,
+ * with no page boundaries and no row objects. `stream`: only chains of that stream (by chain id).
+ */
+export function streamEvents(
+  textRows: TextRows,
+  tenantId: string | null,
+  stream: Stream | undefined,
+  onEvent: (streamed: StreamedEvent) => void,
+): Promise<number> {
+  // The stream is one of STREAMS (checked by the caller), so it is safe in the statement's text.
+  const where =
+    tenantId === null
+      ? `FROM platform_audit_events e${stream === undefined ? "" : ` WHERE e.chain_id LIKE 'platform/${stream}/%'`}`
+      : "FROM audit_events e WHERE e.tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid" +
+        (stream === undefined ? "" : ` AND e.chain_id LIKE '%/${stream}'`);
+  // Qualified: unqualified, ORDER BY would take the text output column `seq` (10 before 2).
+  return textRows(`SELECT ${TEXT_COLUMNS} ${where} ORDER BY e.chain_id, e.seq`, (row) => {
+    onEvent({ chainId: row[CHAIN] as string, seq: bigint(row[SEQ] as string), event: textRowEvent(row, tenantId) });
+  });
 }

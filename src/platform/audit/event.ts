@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, hash } from "node:crypto";
 import { isUuid } from "../ids.ts";
 import { canonicalize, canonicalizeAt, type JsonObject } from "./canonical.ts";
 
@@ -268,53 +268,100 @@ function hasExactly(value: Record<string, unknown>, size: number, has: (key: str
   return keys.length === size && keys.every(has);
 }
 
-/** `{ a, b }` (a < b) inside the event; anything else as canonicalize writes it. */
-function pair(value: unknown, path: string, a: string, b: string): string {
+/** `{ a, b }` (a < b) inside the event, the paths spelled out by the caller; anything else as canonicalize writes it. */
+function pair(value: unknown, path: string, a: string, pathA: string, b: string, pathB: string): string {
   if (!isPlainObject(value) || !hasExactly(value, 2, (k) => k === a || k === b)) {
     return canonicalizeAt(value, path, 1);
   }
-  return `{"${a}":${canonicalizeAt(value[a], `${path}.${a}`, 2)},"${b}":${canonicalizeAt(value[b], `${path}.${b}`, 2)}}`;
+  return `{"${a}":${canonicalizeAt(value[a], pathA, 2)},"${b}":${canonicalizeAt(value[b], pathB, 2)}}`;
 }
 
-function strings(value: unknown, path: string): string {
-  if (!Array.isArray(value)) return canonicalizeAt(value, path, 1);
+function strings(value: unknown): string {
+  if (!Array.isArray(value)) return canonicalizeAt(value, "$.subjects", 1);
   let text = "[";
   for (let i = 0; i < value.length; i++) {
     const item: unknown = value[i];
-    // A hole reads as undefined: canonicalize refuses it.
-    if (typeof item !== "string") return canonicalizeAt(value, path, 1);
-    text += `${i === 0 ? "" : ","}${canonicalizeAt(item, `${path}[${i}]`, 2)}`;
+    // A hole reads as undefined; the whole array is handed over to be refused with canonicalize's path.
+    if (typeof item !== "string") return canonicalizeAt(value, "$.subjects", 1);
+    try {
+      text += i === 0 ? canonicalizeAt(item, "$.subjects", 2) : `,${canonicalizeAt(item, "$.subjects", 2)}`;
+    } catch {
+      return canonicalizeAt(value, "$.subjects", 1);
+    }
   }
   return `${text}]`;
 }
 
 /**
- * canonicalize(event) for an event of version 1's shape, about twice as fast (the hash is most of what
- * verification costs): the fixed members are written in their sorted order directly, and only `details`,
- * `personal` and the values go through canonical.ts, at the depth and path they have in the event, so the
- * text and any CanonicalFormError are canonicalize's. Any other shape (a member more or less, a symbol key,
- * an actor that is not a plain { id, kind }) is handed to canonicalize whole.
+ * The version-1 text of an event's fields with `seq` in place of its own: every member but `hash` (a stored
+ * event's), which is not hashed.
+ */
+function writeV1(e: Record<string, unknown>, seq: unknown): string {
+  return (
+    `{"action":${canonicalizeAt(e.action, "$.action", 1)}` +
+    `,"actor":${pair(e.actor, "$.actor", "id", "$.actor.id", "kind", "$.actor.kind")}` +
+    `,"at":${canonicalizeAt(e.at, "$.at", 1)}` +
+    `,"cause":${pair(e.cause, "$.cause", "id", "$.cause.id", "kind", "$.cause.kind")}` +
+    `,"chain":${canonicalizeAt(e.chain, "$.chain", 1)}` +
+    `,"details":${canonicalizeAt(e.details, "$.details", 1)}` +
+    `,"id":${canonicalizeAt(e.id, "$.id", 1)}` +
+    `,"personal":${canonicalizeAt(e.personal, "$.personal", 1)}` +
+    `,"prev":${canonicalizeAt(e.prev, "$.prev", 1)}` +
+    `,"request":${canonicalizeAt(e.request, "$.request", 1)}` +
+    `,"seq":${canonicalizeAt(seq, "$.seq", 1)}` +
+    `,"stream":${canonicalizeAt(e.stream, "$.stream", 1)}` +
+    `,"subjects":${strings(e.subjects)}` +
+    `,"target":${pair(e.target, "$.target", "id", "$.target.id", "type", "$.target.type")}` +
+    `,"tenant":${canonicalizeAt(e.tenant, "$.tenant", 1)}` +
+    `,"v":${canonicalizeAt(e.v, "$.v", 1)}}`
+  );
+}
+
+/**
+ * canonicalize(event) for an event of version 1's shape, several times as fast (the hash is most of what
+ * verification costs): the fixed members are written in their sorted order directly, and only the values
+ * go through canonical.ts, at the depth and path they have in the event, so the text and any
+ * CanonicalFormError are canonicalize's. Any other shape (a member more or less, a symbol key, an actor
+ * that is not a plain { id, kind }) is handed to canonicalize whole.
  */
 export function canonicalEvent(event: AuditEvent): string {
   const e: unknown = event;
   if (!isPlainObject(e) || !hasExactly(e, V1_KEYS.size, (k) => V1_KEYS.has(k))) return canonicalize(event);
-  const member = (name: string) => canonicalizeAt(e[name], `$.${name}`, 1);
-  return (
-    `{"action":${member("action")},"actor":${pair(e.actor, "$.actor", "id", "kind")},"at":${member("at")}` +
-    `,"cause":${pair(e.cause, "$.cause", "id", "kind")},"chain":${member("chain")},"details":${member("details")}` +
-    `,"id":${member("id")},"personal":${member("personal")},"prev":${member("prev")},"request":${member("request")}` +
-    `,"seq":${member("seq")},"stream":${member("stream")},"subjects":${strings(e.subjects, "$.subjects")}` +
-    `,"target":${pair(e.target, "$.target", "id", "type")},"tenant":${member("tenant")},"v":${member("v")}}`
-  );
+  return writeV1(e, e.seq);
+}
+
+/**
+ * SHA-256 over prev (32 bytes) ‖ UTF-8 of the text, in one call on a buffer reused from call to call: the
+ * per-call hash object and the separate update of the previous hash cost more than the digest itself.
+ */
+let scratch = Buffer.allocUnsafe(4096);
+function chainedDigest(prev: string, text: string): string {
+  // A UTF-16 code unit takes at most 3 bytes of UTF-8, so the text always fits.
+  const room = 32 + 3 * text.length;
+  if (room > scratch.length) scratch = Buffer.allocUnsafe(Math.max(room, 2 * scratch.length));
+  scratch.write(prev, 0, 32, "hex");
+  const size = 32 + scratch.write(text, 32, "utf8");
+  return hash("sha256", scratch.subarray(0, size), "hex");
 }
 
 /** The hash of an event (without its hash), chained to `event.prev`. */
 export function eventHash(event: AuditEvent): string {
   if (!isHash(event.prev)) throw new TypeError("an event's prev must be 64 hex digits");
-  return createHash("sha256")
-    .update(Buffer.from(event.prev, "hex"))
-    .update(canonicalEvent(event), "utf8")
-    .digest("hex");
+  return chainedDigest(event.prev, canonicalEvent(event));
+}
+
+/**
+ * The hash a stored event would have at sequence `seq` (its own, or another where verification asks where
+ * a moved event belongs): eventHash of the event without its `hash` and with `seq`, without copying it.
+ */
+export function storedEventHash(event: StoredEvent, seq: number): string {
+  const e: unknown = event;
+  if (!isPlainObject(e) || !hasExactly(e, V1_KEYS.size + 1, (k) => k === "hash" || V1_KEYS.has(k))) {
+    const { hash: _, ...unhashed } = event;
+    return eventHash({ ...unhashed, seq });
+  }
+  if (!isHash(event.prev)) throw new TypeError("an event's prev must be 64 hex digits");
+  return chainedDigest(event.prev, writeV1(e, seq));
 }
 
 /** The event as it is hashed: exactly the fields of version 1, nothing else. */

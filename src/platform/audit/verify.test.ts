@@ -5,6 +5,7 @@ import { createTestKeyRing, type TestKeyRing } from "../crypto/testing.ts";
 import { uuidv7 } from "../ids.ts";
 import { createTenant } from "../tenancy/tenants.ts";
 import { type Audit, createAudit } from "./audit.ts";
+import { eventAt, type StreamedEvent, streamEvents } from "./chains.ts";
 import { type AuditEvent, eventHash, type StoredEvent, tenantChainId } from "./event.ts";
 import { exportChain } from "./export.ts";
 import { verifyChains } from "./verify.ts";
@@ -76,6 +77,40 @@ describe.each(DATABASE_KINDS)("chain verification on %s", (kind) => {
     expect(report.checked.events).toBeGreaterThanOrEqual(6);
     const one = await verifyChains(t.db, { tenantId: control.tenantId, stream: "changes", batchSize: 4 });
     expect(one).toEqual({ failures: [], checked: { chains: 1, events: 6 } });
+  });
+
+  it("streams a tenant's events in sequence order (10 after 9), each as the driver reads it", async () => {
+    const tenant = await createTenant(t.db, clock, { slug: slug(), name: "Long" }, keyRing, audit);
+    const cause = { kind: "automation-run", id: uuidv7() };
+    await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
+      audit.recordMany(
+        tx,
+        Array.from({ length: 11 }, (_, i) => ({
+          tenantId: tenant.id,
+          stream: "changes" as const,
+          actor: { kind: "workflow" as const, id: uuidv7() },
+          action: "record.updated",
+          target: { type: "contact", id: null },
+          subjects: i % 2 ? [uuidv7(), uuidv7()] : [],
+          details: { fields: ["note"], note: `tab\t, "quote", back\\slash, é ${i}`, nested: { z: [1, null, true] } },
+          requestId: i % 3 ? null : `req\n${i}`,
+          cause: i % 2 ? cause : null,
+        })),
+      ),
+    );
+    const streamed: StreamedEvent[] = [];
+    const driver: (StoredEvent | undefined)[] = [];
+    await t.db.withSnapshot((s) =>
+      s.forEachTenant(async (id, tx, textRows) => {
+        if (id !== tenant.id) return;
+        await streamEvents(textRows, id, undefined, (e) => {
+          streamed.push(e);
+        });
+        for (const e of streamed) driver.push(await eventAt(tx, { chainId: e.chainId, tenantId: id }, e.seq));
+      }),
+    );
+    expect(streamed.map((e) => e.seq)).toEqual(Array.from({ length: 12 }, (_, i) => i + 1));
+    expect(streamed.map((e) => e.event)).toEqual(driver);
   });
 
   const edits: [string, (c: Awaited<ReturnType<typeof chain>>) => string][] = [

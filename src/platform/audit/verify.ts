@@ -1,15 +1,16 @@
-import type { Database, Tx } from "../db/index.ts";
+import type { Database, TextRows, Tx } from "../db/index.ts";
 import { isUuid } from "../ids.ts";
 import {
   type ChainHead,
   type ChainLocation,
   chainHeads,
-  chainsWithEvents,
   eventAt,
   eventByHash,
   eventsAfter,
+  type StreamedEvent,
+  streamEvents,
 } from "./chains.ts";
-import { eventHash, GENESIS_HASH, isStream, type StoredEvent, type Stream, tenantChainId } from "./event.ts";
+import { GENESIS_HASH, isStream, type StoredEvent, type Stream, storedEventHash, tenantChainId } from "./event.ts";
 
 /**
  * Chain verification (promise L3): every event is recomputed from its stored columns and checked against
@@ -19,7 +20,11 @@ import { eventHash, GENESIS_HASH, isStream, type StoredEvent, type Stream, tenan
  * only the signed checkpoints, which name each head, catch it (checkpoints*.ts).
  *
  * All chains are read in one snapshot (REPEATABLE READ), so heads and events are one consistent state even
- * while appends go on; each chain is streamed in sequence order in batches, never held in memory whole.
+ * while appends go on. Each tenant's events (and the platform's) are streamed in one statement, ordered by
+ * chain and sequence, and checked as they arrive, never held in memory whole; several tenants are read at
+ * once, in transactions sharing the snapshot, so the database reads one while Node hashes another. A chain
+ * that does not pass that check whole is verified again on its own, in pages through the driver, and that
+ * second pass alone names the failure: the stream only ever clears chains.
  */
 
 export const CHAIN_FAILURE_KINDS = [
@@ -66,11 +71,12 @@ export interface VerifyOptions {
 }
 
 const DEFAULT_BATCH = 5_000;
+/** Tenants read at once: one transaction reads while Node checks another's events (two cores: database and Node). */
+export const VERIFY_CONCURRENCY = 3;
 
 function recompute(event: StoredEvent, seq: number): string | undefined {
   try {
-    const { hash: _, ...unhashed } = event;
-    return eventHash({ ...unhashed, seq });
+    return storedEventHash(event, seq);
   } catch {
     // A stored value outside the canonical form (a fraction written into details) can only be an edit.
     return undefined;
@@ -122,17 +128,19 @@ async function classify(tx: Tx, chain: ChainLocation, event: StoredEvent, seq: n
   return failure(chainId, seq, "edited", "the event's columns do not give its hash");
 }
 
+/** Whether the head row names its own chain: its tenant and stream are those of its chain id. */
+const headNamesChain = (head: ChainHead) =>
+  head.tenantId === null
+    ? head.chainId.startsWith(`platform/${head.stream}/`)
+    : head.chainId === tenantChainId(head.tenantId, head.stream);
+
 /** Verifies one chain against its head; returns the first failure, if any, and how many events it read. */
 async function verifyChain(tx: Tx, head: ChainHead, batchSize: number) {
   const chain: ChainLocation = { chainId: head.chainId, tenantId: head.tenantId };
   let expected = 1;
   let prev = GENESIS_HASH;
   let events = 0;
-  const headOk =
-    head.tenantId === null
-      ? head.chainId.startsWith(`platform/${head.stream}/`)
-      : head.chainId === tenantChainId(head.tenantId, head.stream);
-  if (!headOk) {
+  if (!headNamesChain(head)) {
     const f = failure(head.chainId, head.sequence, "head-mismatch", "the head row names another tenant or stream");
     return { failure: f, events };
   }
@@ -185,6 +193,77 @@ async function verifyChain(tx: Tx, head: ChainHead, batchSize: number) {
   return { failure: undefined, events };
 }
 
+/** A chain as the stream checks it: where it has got to, and whether everything so far verified. */
+interface Pass {
+  head: ChainHead;
+  expected: number;
+  prev: string;
+  events: number;
+  clean: boolean;
+}
+
+/**
+ * The streaming pass over one owner's events (a tenant's, or the platform's, null): every chain of `heads`
+ * whose events all verify exactly as verifyChain would find them, with their counts, and the chains with
+ * events but no head, with their first sequence. A chain left out of `clean` must go through verifyChain;
+ * anything unusual (an event the stream cannot read as the driver would, any check failing) leaves it out.
+ */
+async function streamPass(textRows: TextRows, owner: string | null, stream: Stream | undefined, heads: ChainHead[]) {
+  const byChain = new Map(heads.map((head) => [head.chainId, head]));
+  const clean = new Map<string, number>();
+  const headless: { chainId: string; first: number }[] = [];
+  const seen = new Set<string>();
+  let pass: Pass | undefined;
+  let skipping: string | undefined;
+
+  const settle = (p: Pass) => {
+    if (p.clean && p.expected - 1 === p.head.sequence && p.prev === p.head.hash) clean.set(p.head.chainId, p.events);
+  };
+  const check = (p: Pass, { seq, event }: StreamedEvent) => {
+    p.events += 1;
+    if (
+      event === undefined ||
+      p.expected > p.head.sequence ||
+      seq !== p.expected ||
+      event.prev !== p.prev ||
+      recompute(event, p.expected) !== event.hash
+    ) {
+      p.clean = false;
+      return;
+    }
+    p.prev = event.hash;
+    p.expected += 1;
+  };
+
+  await streamEvents(textRows, owner, stream, (streamed) => {
+    const { chainId } = streamed;
+    if (pass?.head.chainId === chainId) {
+      if (pass.clean) check(pass, streamed);
+      return;
+    }
+    if (skipping === chainId) return;
+    if (pass) settle(pass);
+    pass = undefined;
+    skipping = undefined;
+    seen.add(chainId);
+    const head = byChain.get(chainId);
+    if (head === undefined) {
+      // Ordered by sequence within the chain: its first row has the lowest.
+      headless.push({ chainId, first: streamed.seq });
+      skipping = chainId;
+      return;
+    }
+    pass = { head, expected: 1, prev: GENESIS_HASH, events: 0, clean: headNamesChain(head) };
+    if (pass.clean) check(pass, streamed);
+  });
+  if (pass) settle(pass);
+  for (const head of heads) {
+    if (!seen.has(head.chainId))
+      settle({ head, expected: 1, prev: GENESIS_HASH, events: 0, clean: headNamesChain(head) });
+  }
+  return { clean, headless };
+}
+
 /**
  * Verifies chains (all, or one tenant's, or one stream's) and returns the first failure of each chain
  * that fails. Reads as the runtime role, one tenant at a time.
@@ -198,40 +277,44 @@ export async function verifyChains(db: Database, options: VerifyOptions = {}): P
   const tenant = tenantId?.toLowerCase();
   const report: VerifyReport = { failures: [], checked: { chains: 0, events: 0 } };
 
-  async function visit(tx: Tx, owner: string | null, heads: ChainHead[]) {
+  async function visit(tx: Tx, textRows: TextRows, owner: string | null, heads: ChainHead[]) {
+    const { clean, headless } = await streamPass(textRows, owner, stream, heads);
     for (const head of heads) {
-      const { failure: f, events } = await verifyChain(tx, head, batchSize);
       report.checked.chains += 1;
-      report.checked.events += events;
+      const events = clean.get(head.chainId);
+      if (events !== undefined) {
+        report.checked.events += events;
+        continue;
+      }
+      const { failure: f, events: read } = await verifyChain(tx, head, batchSize);
+      report.checked.events += read;
       if (f) report.failures.push(f);
     }
-    const known = new Set(heads.map((h) => h.chainId));
     const inStream = (chainId: string) =>
       stream === undefined ||
       (owner === null ? chainId.startsWith(`platform/${stream}/`) : chainId.endsWith(`/${stream}`));
-    for (const { chainId, first } of await chainsWithEvents(tx, owner)) {
-      if (known.has(chainId) || !inStream(chainId)) continue;
+    for (const { chainId, first } of headless) {
+      if (!inStream(chainId)) continue;
       report.failures.push(failure(chainId, first, "missing-head", "events of a chain that has no head row"));
     }
   }
 
   await db.withSnapshot(async (snapshot) => {
     const heads = (await chainHeads(snapshot.tx)).filter((h) => stream === undefined || h.stream === stream);
-    await snapshot.forEachTenant(async (id, tx) => {
-      if (tenant !== undefined && id !== tenant) return;
-      await visit(
-        tx,
-        id,
-        heads.filter((h) => h.tenantId === id),
-      );
-    });
-    if (tenant === undefined) {
-      await visit(
-        snapshot.tx,
-        null,
-        heads.filter((h) => h.tenantId === null),
-      );
+    const byTenant = new Map<string | null, ChainHead[]>();
+    for (const head of heads) {
+      const list = byTenant.get(head.tenantId);
+      if (list) list.push(head);
+      else byTenant.set(head.tenantId, [head]);
     }
+    await snapshot.forEachTenant(
+      async (id, tx, textRows) => {
+        if (tenant !== undefined && id !== tenant) return;
+        await visit(tx, textRows, id, byTenant.get(id) ?? []);
+      },
+      { concurrency: VERIFY_CONCURRENCY },
+    );
+    if (tenant === undefined) await visit(snapshot.tx, snapshot.textRows, null, byTenant.get(null) ?? []);
   });
   report.failures.sort((a, b) => (a.chainId < b.chainId ? -1 : a.chainId > b.chainId ? 1 : a.sequence - b.sequence));
   return report;

@@ -414,10 +414,14 @@ function countingEngine(): { engine: Engine; transactions: () => number } {
   let transactions = 0;
   const engine: Engine = {
     kind: "pglite",
+    connections: 1,
     async transaction(_setup, fn) {
       transactions += 1;
       return fn({
         query: async () => {
+          throw new Error("no SQL expected");
+        },
+        textRows: async () => {
           throw new Error("no SQL expected");
         },
       });

@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { sql } from "kysely";
 import { isUuid } from "../ids.ts";
-import type { Engine, TransactionSetup } from "./engines.ts";
+import type { Engine, TextRow, TransactionRunner, TransactionSetup } from "./engines.ts";
 import { bindTransaction, type Tx } from "./kysely.ts";
 import { type MigrationFile, migrate, pendingMigrations, readMigrations } from "./migrate.ts";
 import { assertRuntimeRoleSafe } from "./runtime-role.ts";
@@ -20,13 +20,34 @@ export interface PlatformContext {
   requestId?: string;
 }
 
+export type { TextRow };
+
+/**
+ * Streams the rows of one SELECT whose columns are all text, in the transaction it belongs to, to `onRow`
+ * as they arrive, never holding them all: for reads too long for pages of objects (audit verification).
+ * The statement takes no parameters and is sent as it is: it must not contain outside text (tenant-scoped
+ * reads filter by row-level security, or by current_setting('app.tenant_id')). Returns the number of rows.
+ */
+export type TextRows = (sql: string, onRow: (row: TextRow) => void) => Promise<number>;
+
 /** One read-only REPEATABLE READ view over every tenant and the platform tables. */
 export interface Snapshot {
   /** The platform view: tenant tables show no rows here. */
   tx: Tx;
+  /** TextRows in the platform view. */
+  textRows: TextRows;
   tenantIds(): Promise<string[]>;
-  /** Visits each tenant in turn inside the same snapshot, with that tenant set. */
-  forEachTenant(fn: (tenantId: string, tx: Tx) => Promise<void>): Promise<void>;
+  /**
+   * Visits each tenant inside the same snapshot, with that tenant set, and `textRows` reading in that
+   * tenant's view. With `concurrency` above one, up to that many tenants are visited at once on PostgreSQL,
+   * each in a transaction of its own that imports this one's snapshot (so every visit still sees the same
+   * state), while the database reads one tenant and Node works on another; PGlite visits one at a time.
+   * The first error stops the visits not yet started and is thrown once the running ones end.
+   */
+  forEachTenant(
+    fn: (tenantId: string, tx: Tx, textRows: TextRows) => Promise<void>,
+    options?: { concurrency?: number },
+  ): Promise<void>;
 }
 
 /** Written after a transaction rolled back, in its own short platform transaction. */
@@ -90,12 +111,21 @@ export interface DatabaseOptions {
   migrations?: MigrationFile[];
 }
 
+const textRowsOf =
+  (runner: TransactionRunner): TextRows =>
+  (sql, onRow) =>
+    runner.textRows(sql, onRow);
+
 /** Wraps an engine with the tenancy rules: context per transaction, no nesting, failure records. */
 export function createDatabase(engine: Engine, options: DatabaseOptions = {}): Database {
   const frames = new AsyncLocalStorage<Frame>();
   const migrations = options.migrations ?? readMigrations();
 
-  async function run<T>(kind: Frame["kind"], setup: TransactionSetup, fn: (tx: Tx) => Promise<T>): Promise<T> {
+  async function run<T>(
+    kind: Frame["kind"],
+    setup: TransactionSetup,
+    fn: (tx: Tx, runner: TransactionRunner) => Promise<T>,
+  ): Promise<T> {
     const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [], open: true };
     try {
       return await engine.transaction(setup, (runner) => {
@@ -103,7 +133,7 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
         frame.tx = bound.tx;
         // async: a callback that throws before returning a promise must still end its handle.
         return frames
-          .run(frame, async () => fn(bound.tx))
+          .run(frame, async () => fn(bound.tx, runner))
           .finally(() => {
             frame.open = false;
             bound.end();
@@ -177,26 +207,61 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
     },
     async withSnapshot(fn) {
       refuseNesting("withSnapshot");
-      return run("snapshot", { tenantId: "", actorId: "", requestId: "", snapshot: true }, async (tx) => {
-        const setTenant = (id: string) => sql`SELECT set_config('app.tenant_id', ${id}, true)`.execute(tx);
+      const view = { tenantId: "", actorId: "", requestId: "", snapshot: true };
+      return run("snapshot", view, async (tx, runner) => {
+        const setTenant = (on: Tx, id: string) => sql`SELECT set_config('app.tenant_id', ${id}, true)`.execute(on);
         const tenantIds = async () =>
           (await tx.selectFrom("tenants").select("id").orderBy("id").execute()).map((row) => row.id);
+
+        /** Visits tenants from `queue` one after another on one transaction, until the queue or `state` says stop. */
+        async function lane(
+          on: Tx,
+          rows: TextRows,
+          queue: string[],
+          state: { error?: unknown },
+          visit: (tenantId: string, tx: Tx, textRows: TextRows) => Promise<void>,
+        ) {
+          for (let id = queue.shift(); id !== undefined && !("error" in state); id = queue.shift()) {
+            try {
+              await setTenant(on, id);
+              await visit(id, on, rows);
+            } catch (error) {
+              if (!("error" in state)) state.error = error;
+            }
+          }
+        }
+
         return fn({
           tx,
+          textRows: textRowsOf(runner),
           tenantIds,
-          async forEachTenant(visit) {
-            for (const id of await tenantIds()) {
-              await setTenant(id);
-              try {
-                await visit(id, tx);
-              } catch (error) {
-                // Back to the platform view for a caller that catches, without hiding the visit's error
-                // behind the reset's own failure in an aborted transaction.
-                await setTenant("").catch(() => {});
-                throw error;
+          async forEachTenant(visit, options = {}) {
+            const queue = await tenantIds();
+            const state: { error?: unknown } = {};
+            const extra = Math.max(0, Math.min(options.concurrency ?? 1, engine.connections, queue.length) - 1);
+            const lanes = [lane(tx, textRowsOf(runner), queue, state, visit)];
+            if (extra > 0) {
+              const exported = await sql<{ id: string }>`SELECT pg_export_snapshot() AS id`.execute(tx);
+              const importSnapshot = exported.rows[0]?.id as string;
+              for (let i = 0; i < extra; i++) {
+                lanes.push(
+                  run("snapshot", { ...view, importSnapshot }, (laneTx, laneRunner) =>
+                    lane(laneTx, textRowsOf(laneRunner), queue, state, visit),
+                  ).catch((error: unknown) => {
+                    if (!("error" in state)) state.error = error;
+                  }),
+                );
               }
-              await setTenant("");
             }
+            await Promise.all(lanes);
+            // Back to the platform view for the caller, without hiding a visit's error behind the reset's own
+            // failure in an aborted transaction.
+            const reset = setTenant(tx, "");
+            if ("error" in state) {
+              await reset.catch(() => {});
+              throw state.error;
+            }
+            await reset;
           },
         });
       });

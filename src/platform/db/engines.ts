@@ -16,12 +16,31 @@ export interface TransactionSetup {
   requestId: string;
   /** A read-only REPEATABLE READ transaction (backups, full exports). */
   snapshot: boolean;
+  /** With `snapshot`: see exactly the snapshot another open transaction exported (PostgreSQL only). */
+  importSnapshot?: string;
+}
+
+/** One row of TransactionRunner.textRows: each column's text, null for NULL. */
+export type TextRow = (string | null)[];
+
+/** What a transaction's callback is handed: statements, and a stream of rows for long reads. */
+export interface TransactionRunner extends QueryRunner {
+  /**
+   * Streams the rows of one SELECT whose columns are all text, in its order, to `onRow` as they arrive,
+   * without holding them: COPY … TO STDOUT on PostgreSQL (no per-row messages, objects or type parsing:
+   * several times cheaper than a result set), a cursor read in pages on PGlite. The statement takes no
+   * parameters and is sent as it is, so it must not contain outside text. An error thrown by `onRow` ends
+   * the read with that error once the statement has finished. Returns the number of rows.
+   */
+  textRows(sql: string, onRow: (row: TextRow) => void): Promise<number>;
 }
 
 /** The driver-specific half of the database: transactions, the owner session and shutdown. */
 export interface Engine {
   readonly kind: "pglite" | "postgres";
-  transaction<T>(setup: TransactionSetup, fn: (runner: QueryRunner) => Promise<T>): Promise<T>;
+  /** Transactions that can be open at once (PGlite has one session). */
+  readonly connections: number;
+  transaction<T>(setup: TransactionSetup, fn: (runner: TransactionRunner) => Promise<T>): Promise<T>;
   /**
    * One read-only statement in its own transaction, set up like `transaction`'s: one round trip on
    * PostgreSQL, where the setup and the statement share one implicit transaction.
@@ -69,6 +88,52 @@ function parseBigint(text: string): number {
 
 const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE"]);
 
+const SNAPSHOT_ID = /^[0-9A-F]+-[0-9A-F]+-[0-9]+$/i;
+
+/** COPY's text format escapes these after a backslash (the delimiter and line ends among them). */
+const COPY_ESCAPES: Readonly<Record<string, string>> = { b: "\b", f: "\f", n: "\n", r: "\r", t: "\t", v: "\v" };
+const COPY_ESCAPE = /\\(.)/gs;
+
+/** One line of COPY's text format (without its newline) as its columns. */
+function copyTextRow(line: string): TextRow {
+  const fields: TextRow = line.split("\t");
+  for (let i = 0; i < fields.length; i++) {
+    const field = fields[i] as string;
+    if (field === "\\N") fields[i] = null;
+    else if (field.includes("\\")) fields[i] = field.replace(COPY_ESCAPE, (_, c: string) => COPY_ESCAPES[c] ?? c);
+  }
+  return fields;
+}
+
+/**
+ * COPY … TO STDOUT as a pg query: the server sends one CopyData message per row, handed here one by one.
+ * A subclass of pg's own Query, so that a pipelined client accepts it (it refuses other custom queries).
+ */
+class CopyOut extends pg.Query {
+  // Not `rows`: pg.Query reads that as the portal's page size.
+  #count = 0;
+  readonly #onRow: (row: TextRow) => void;
+  constructor(text: string, onRow: (row: TextRow) => void, callback: (error: Error | undefined) => void) {
+    super({ text }, undefined, callback);
+    this.#onRow = onRow;
+  }
+  get count(): number {
+    return this.#count;
+  }
+  handleCopyData(message: { chunk: Buffer }): void {
+    const self = this as unknown as { _canceledDueToError?: unknown };
+    if (self._canceledDueToError) return;
+    try {
+      const { chunk } = message;
+      this.#count += 1;
+      this.#onRow(copyTextRow(chunk.toString("utf8", 0, chunk.length - 1)));
+    } catch (error) {
+      // pg reports it instead of the statement's result once the server is ready again.
+      self._canceledDueToError = error;
+    }
+  }
+}
+
 export function postgresEngine(options: {
   ownerUrl: string;
   runtimeUrl: string | undefined;
@@ -88,17 +153,27 @@ export function postgresEngine(options: {
   // An idle client that loses its connection must not crash the process; the pool replaces it.
   pool.on("error", () => {});
 
-  async function transaction<T>(setup: TransactionSetup, fn: (runner: QueryRunner) => Promise<T>): Promise<T> {
+  async function transaction<T>(setup: TransactionSetup, fn: (runner: TransactionRunner) => Promise<T>): Promise<T> {
+    const { importSnapshot } = setup;
+    if (importSnapshot !== undefined && !(setup.snapshot && SNAPSHOT_ID.test(importSnapshot))) {
+      throw new TypeError("only a snapshot transaction imports a snapshot, by the id PostgreSQL gave it");
+    }
     const client = await pool.connect();
     const begin = setup.snapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN";
     let setupError: unknown;
-    const ready = Promise.all([client.query(begin), client.query(SETUP_SQL, setupParams(setup))]).then(
+    const statements = [
+      client.query(begin),
+      // Before any other statement of the transaction, as PostgreSQL requires.
+      ...(importSnapshot === undefined ? [] : [client.query(`SET TRANSACTION SNAPSHOT '${importSnapshot}'`)]),
+      client.query(SETUP_SQL, setupParams(setup)),
+    ];
+    const ready = Promise.all(statements).then(
       () => undefined,
       (error: unknown) => {
         setupError = error;
       },
     );
-    const runner: QueryRunner = {
+    const runner: TransactionRunner = {
       query: async (sql, params) => {
         const result = await client.query(sql, params as unknown[]);
         return {
@@ -106,6 +181,13 @@ export function postgresEngine(options: {
           affectedRows: WRITE_COMMANDS.has(result.command) ? (result.rowCount ?? undefined) : undefined,
         };
       },
+      textRows: (sql, onRow) =>
+        new Promise((resolve, reject) => {
+          const copy = new CopyOut(`COPY (${sql}) TO STDOUT`, onRow, (error) =>
+            error ? reject(error) : resolve(copy.count),
+          );
+          client.query(copy);
+        }),
     };
     try {
       const value = await fn(runner);
@@ -130,6 +212,7 @@ export function postgresEngine(options: {
 
   return {
     kind: "postgres",
+    connections: options.poolSize ?? 10,
     transaction,
     async readOnce(setup, sql, params) {
       const client = await pool.connect();
@@ -189,19 +272,49 @@ export function postgresEngine(options: {
   };
 }
 
+const TEXT_OID = 25;
+const TEXT_ROWS_PAGE = 1_000;
+
 export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
   // Set once afterMigrate dropped the session to the runtime role: a later owner session must climb back.
   let dropped = false;
   return {
     kind: "pglite",
+    connections: 1,
     transaction(setup, fn) {
+      // One session: there is never another open transaction to share a snapshot with.
+      if (setup.importSnapshot !== undefined) throw new TypeError("PGlite has no snapshots to import");
       return pglite.transaction(async (tx) => {
         if (setup.snapshot) await tx.exec("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
         await tx.query(SETUP_SQL, setupParams(setup));
+        let cursors = 0;
         return fn({
           query: async (sql, params) => {
             const result = await tx.query(sql, params as unknown[]);
             return { rows: result.rows as never[], affectedRows: result.affectedRows };
+          },
+          async textRows(sql, onRow) {
+            // In process there is no transfer to save: a cursor keeps memory bounded, a page at a time.
+            const cursor = `charter_text_rows_${++cursors}`;
+            await tx.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR ${sql}`);
+            let rows = 0;
+            try {
+              for (;;) {
+                const page = await tx.query<TextRow>(`FETCH ${TEXT_ROWS_PAGE} FROM ${cursor}`, [], {
+                  rowMode: "array",
+                });
+                if (page.fields.some((f) => f.dataTypeID !== TEXT_OID))
+                  throw new TypeError("textRows reads text columns only");
+                for (const row of page.rows) {
+                  rows += 1;
+                  onRow(row);
+                }
+                if (page.rows.length < TEXT_ROWS_PAGE) break;
+              }
+            } finally {
+              await tx.query(`CLOSE ${cursor}`).catch(() => {});
+            }
+            return rows;
           },
         });
       });

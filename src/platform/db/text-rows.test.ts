@@ -1,0 +1,161 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { createTestAudit } from "../audit/testing.ts";
+import { systemClock } from "../clock.ts";
+import { createTestKeyRing } from "../crypto/testing.ts";
+import { uuidv7 } from "../ids.ts";
+import { createTenant } from "../tenancy/tenants.ts";
+import { createTestTenant } from "../tenancy/testing.ts";
+import type { TextRow } from "./database.ts";
+
+const slug = () => `r-${uuidv7().slice(-12)}`;
+
+/** Every character COPY's text format escapes, a NULL beside an empty string, and text that only looks like NULL. */
+const AWKWARD: [string, TextRow][] = [
+  ["E'tab\\there'", ["tab\there"]],
+  ["E'line\\nbreak\\r\\n'", ["line\nbreak\r\n"]],
+  ["E'back\\\\slash \\\\N \\\\t'", ["back\\slash \\N \\t"]],
+  ["'\\N'", ["\\N"]],
+  ["chr(8) || chr(12) || chr(11)", ["\b\f\v"]],
+  ["''", [""]],
+  ["NULL", [null]],
+  ["'é€😀'", ["é€😀"]],
+];
+
+describe.each(DATABASE_KINDS)("textRows on %s", (kind) => {
+  let t: TestDatabase;
+  const tenants: string[] = [];
+
+  beforeAll(async () => {
+    t = await openTestDatabase(kind);
+    for (let i = 0; i < 4; i++) tenants.push((await createTestTenant(t.db, { slug: slug(), name: "Acme" })).id);
+  });
+  afterAll(() => t?.close());
+
+  it("streams each row's columns as their text, NULL as null, in the statement's order", async () => {
+    const values = AWKWARD.map(([expr], i) => `(${i}, ${expr})`).join(", ");
+    const rows: TextRow[] = [];
+    const count = await t.db.withSnapshot((s) =>
+      s.textRows(`SELECT v.n::text, v.x FROM (VALUES ${values}) v(n, x) ORDER BY v.n`, (row) => {
+        rows.push(row);
+      }),
+    );
+    expect(count).toBe(AWKWARD.length);
+    expect(rows).toEqual(AWKWARD.map(([, row], i) => [String(i), ...row]));
+  });
+
+  it("reads more rows than one page, in order, and counts them", async () => {
+    const seen: number[] = [];
+    const count = await t.db.withSnapshot((s) =>
+      // Ordered by the number, not by its text (the output column of the same name): 10 after 9.
+      s.textRows("SELECT g.n::text, repeat('x', g.n % 7) FROM generate_series(1, 2500) g(n) ORDER BY g.n", ([n, x]) => {
+        seen.push(Number(n));
+        expect(x).toBe("x".repeat(Number(n) % 7));
+      }),
+    );
+    expect(count).toBe(2500);
+    expect(seen).toEqual(Array.from({ length: 2500 }, (_, i) => i + 1));
+  });
+
+  it("ends with the error onRow threw, after the statement, and the transaction is still usable", async () => {
+    let calls = 0;
+    const after = await t.db.withSnapshot(async (s) => {
+      const read = s.textRows("SELECT n::text FROM generate_series(1, 10) n", () => {
+        calls += 1;
+        throw new Error("stop");
+      });
+      await expect(read).rejects.toThrow("stop");
+      return s.textRows("SELECT 'still'", () => {});
+    });
+    expect(calls).toBe(1);
+    expect(after).toBe(1);
+  });
+
+  it("visits every tenant once with its own view, several at once where the engine can", async () => {
+    const seen = new Map<string, string[]>();
+    const sessions = new Set<string>();
+    let open = 0;
+    let most = 0;
+    await t.db.withSnapshot((s) =>
+      s.forEachTenant(
+        async (id, _tx, textRows) => {
+          open += 1;
+          most = Math.max(most, open);
+          const rows: string[] = [];
+          // Long enough for the other transactions to connect and take the next tenants meanwhile.
+          const sql =
+            "SELECT current_setting('app.tenant_id', true), current_user::text, pg_backend_pid()::text, pg_sleep(0.3)::text";
+          await textRows(sql, ([tenant, role, pid]) => {
+            rows.push(tenant as string, role as string);
+            sessions.add(pid as string);
+          });
+          expect(seen.has(id)).toBe(false);
+          seen.set(id, rows);
+          open -= 1;
+        },
+        { concurrency: 3 },
+      ),
+    );
+    for (const id of tenants) expect(seen.get(id)).toEqual([id, "charter_app"]);
+    if (kind === "postgres") {
+      expect(most).toBeGreaterThan(1);
+      expect(sessions.size).toBeGreaterThan(1);
+    } else {
+      expect([most, sessions.size]).toEqual([1, 1]);
+    }
+  });
+
+  it("throws a visit's error after the visits under way, and starts no more", async () => {
+    const visited: string[] = [];
+    const failure = new Error("visit failed");
+    const outcome = t.db.withSnapshot(async (s) => {
+      await s.forEachTenant(
+        async (id) => {
+          visited.push(id);
+          if (visited.length === 1) throw failure;
+        },
+        { concurrency: 2 },
+      );
+    });
+    await expect(outcome).rejects.toBe(failure);
+    expect(visited.length).toBeLessThanOrEqual(2);
+  });
+
+  if (kind === "postgres") {
+    it("the transactions visiting at once share the snapshot: a tenant committed meanwhile is seen by none", async () => {
+      const other = await t.open({ migrate: false });
+      try {
+        const counts: string[] = [];
+        await t.db.withSnapshot(async (s) => {
+          await createTenant(
+            other,
+            systemClock,
+            { slug: slug(), name: "Late" },
+            createTestKeyRing(other),
+            createTestAudit(other),
+          );
+          await s.textRows("SELECT count(*)::text FROM tenants", ([n]) => {
+            counts.push(n as string);
+          });
+          await s.forEachTenant(
+            (_id, _tx, textRows) =>
+              textRows("SELECT count(*)::text FROM tenants", ([n]) => {
+                counts.push(n as string);
+              }).then(() => {}),
+            { concurrency: 3 },
+          );
+        });
+        expect(new Set(counts).size).toBe(1);
+        expect(counts.length).toBeGreaterThan(tenants.length);
+      } finally {
+        await other.close();
+      }
+    });
+  }
+
+  if (kind === "pglite") {
+    it("refuses a column that is not text, rather than hand over a parsed value", async () => {
+      await expect(t.db.withSnapshot((s) => s.textRows("SELECT 1", () => {}))).rejects.toThrow(/text columns/);
+    });
+  }
+});
