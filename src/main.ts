@@ -17,7 +17,7 @@ import {
   UnsafeRuntimeRoleError,
 } from "./platform/db/index.ts";
 import { createMailer, mailOutboxCommand } from "./platform/mail/index.ts";
-import { controlSocketPath, runDoctor, runMigrate, startServer } from "./server.ts";
+import { controlSocketPath, operatorSetupLinkCommand, runDoctor, runMigrate, startServer } from "./server.ts";
 
 /** Another process holds the embedded database and no server answers on its control socket. */
 class ServerUnreachable extends Error {
@@ -97,7 +97,9 @@ program
   .description("run the server (migrates the database first)")
   .action(async () => {
     const cfg = config();
-    const server = await startServer(cfg).catch(fail);
+    // The operator setup link goes to an interactive terminal only; piped output may end up in a log.
+    const terminal = process.stdout.isTTY ? (message: string) => process.stdout.write(message) : undefined;
+    const server = await startServer(cfg, terminal ? { terminal } : {}).catch(fail);
     process.stdout.write(`charter: serving on ${server.url} (public URL ${cfg.publicUrl.origin})\n`);
     const stop = (signal: string) => {
       process.stdout.write(`charter: ${signal}: draining requests, then closing the database\n`);
@@ -151,6 +153,20 @@ mail
       return mailOutboxCommand(createMailer({ db, keyRing, clock: systemClock, templates: APPLICATION_TEMPLATES }));
     };
     report(await maintenance("mail-outbox", cfg, outbox).catch(fail));
+  });
+
+program
+  .command("operator")
+  .description("the platform's operators")
+  .command("setup-link")
+  .description(
+    "print a fresh one-time link (valid one hour) that creates the first operator; refused once one exists. " +
+      "Earlier unused links stop working",
+  )
+  .action(async () => {
+    const cfg = config();
+    const run = (db: Database) => operatorSetupLinkCommand({ db, clock: systemClock, config: cfg });
+    report(await maintenance("operator-setup-link", cfg, run).catch(fail));
   });
 
 auditCommands(

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
 import { createIdentity } from "./modules/identity/index.ts";
+import { ensureOperatorSetupLink, SETUP_LINK_MINUTES } from "./modules/identity/operator.ts";
 import { createPasswordHasher } from "./modules/identity/passwords.ts";
 import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
 import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
@@ -58,6 +59,37 @@ export async function runMigrate(db: Database): Promise<CommandResult> {
 export const controlSocketPath = (config: Pick<Config, "dataDir">) =>
   join(prepareDataDir(config.dataDir).run, "charter.sock");
 
+type SetupDeps = Parameters<typeof ensureOperatorSetupLink>[0];
+
+/** Until an operator exists, each start makes a fresh one-time setup link and shows it on the terminal. */
+async function announceOperatorSetup(
+  deps: SetupDeps,
+  terminal: ((message: string) => void) | undefined,
+  warn: (message: string) => void,
+): Promise<void> {
+  if (!terminal) {
+    if (await ensureOperatorSetupLink(deps)) {
+      warn("charter: no operator exists yet: run `charter operator setup-link` on this machine for a setup link");
+    }
+    return;
+  }
+  const link = await ensureOperatorSetupLink(deps);
+  if (link) {
+    terminal(
+      `charter: no operator exists yet. Within ${SETUP_LINK_MINUTES} minutes, open this one-time link to create ` +
+        `the operator account (it is shown here only, never logged):\n  ${link}\n`,
+    );
+  }
+}
+
+/** `charter operator setup-link`: a fresh one-time link, printed by the CLI on the asking terminal. */
+export async function operatorSetupLinkCommand(deps: SetupDeps): Promise<CommandResult> {
+  const link = await ensureOperatorSetupLink(deps);
+  return link
+    ? { exitCode: 0, output: `one-time operator setup link, valid ${SETUP_LINK_MINUTES} minutes:\n  ${link}` }
+    : { exitCode: 1, output: "an operator exists already: setup links are for the first operator only" };
+}
+
 /** Reads a configured TLS file; a missing or unreadable one is a configuration mistake naming its variable. */
 function readTlsFile(variable: string, path: string): Buffer {
   try {
@@ -79,6 +111,12 @@ export async function startServer(
     replayHandlers?: ReplayHandlers;
     /** Registers job kinds and schedules before the queue starts. */
     defineJobs?: (jobs: Jobs) => void;
+    /**
+     * Writes to the terminal the server was started from, when it has one: the operator setup link goes
+     * there and nowhere else (never to the log). Without it, the link is to be asked for with
+     * `charter operator setup-link`.
+     */
+    terminal?: (message: string) => void;
   } = {},
 ): Promise<RunningServer> {
   const clock = options.clock ?? systemClock;
@@ -109,7 +147,7 @@ export async function startServer(
       log,
       templates: APPLICATION_TEMPLATES,
     });
-    const { keyRing, jobs, mailer, audit } = services;
+    const { keyRing, jobs, mailer, audit, files } = services;
     const identity = createIdentity({
       db,
       clock,
@@ -118,6 +156,7 @@ export async function startServer(
       mailer,
       rateLimiter,
       passwords: createPasswordHasher(),
+      files,
       config,
     });
     const checkpointWriter = { db, clock, dir: paths.checkpoints, signingKey };
@@ -139,10 +178,12 @@ export async function startServer(
       ...(options.log === undefined ? {} : { log: options.log }),
     });
     const url = await app.listen({ host: config.host, port: config.port });
+    await announceOperatorSetup({ db, clock, config }, options.terminal, options.warn ?? console.warn);
     socket = await serveControlSocket(controlSocketPath(config), {
       doctor: () => runDoctor(db, config),
       migrate: () => runMigrate(db),
       "mail-outbox": () => mailOutboxCommand(mailer),
+      "operator-setup-link": () => operatorSetupLinkCommand({ db, clock, config }),
       ...auditSocketHandlers(db, {
         dir: paths.checkpoints,
         clock,

@@ -5,24 +5,26 @@ import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { APPLICATION_INVENTORY } from "../src/modules/inventory.ts";
 import {
   everyRowOfPgliteDataDir,
   everyRowOfPostgres,
   relationFilesOfPostgres,
   type TableRows,
 } from "../src/platform/db/testing.ts";
-import { PLATFORM_INVENTORY } from "../src/platform/inventory/index.ts";
 import { type SmtpSink, startSmtpSink } from "../src/platform/mail/testing.ts";
 import type { AtRestPlan, AtRestResult, ControlMarkers, SecretMarkers } from "./support/at-rest-server.ts";
 import { cliEnv, REPO_ROOT } from "./support/cli.ts";
 import { DATABASE_KINDS, type EmptyPostgresDatabase, openEmptyPostgresDatabase } from "./support/databases.ts";
 
 /**
- * Issue 3's "done when" (promises E2, L5): a marker written through the services into every column the
- * inventory marks as encrypted, into a stored file and into a queued mail appears nowhere at rest: not in a
- * logical dump of the database, not in its raw files, not in pg-boss's rows, not in the file store and not in
- * the logs. Each place also holds a control marker written there in plain text on purpose, which the very
- * same search must find: a search that could not find anything would pass without proving anything.
+ * Issue 3's "done when" (promises E2, L5): a marker written through the services, or through the HTTP API for
+ * the accounts, into every column the application's inventory marks as encrypted, into a stored file and into
+ * a queued mail appears nowhere at rest: not in a logical dump of the database, not in its raw files, not in
+ * pg-boss's rows, not in the file store and not in the logs. Neither do the account's password and the
+ * secrets the server hands out (the session cookie, the tokens of mailed links), which are kept only hashed.
+ * Each place also holds a control marker written there in plain text on purpose, which the very same search
+ * must find: a search that could not find anything would pass without proving anything.
  */
 
 /** The one search used for every place: the marker's UTF-8 bytes anywhere in the haystack. */
@@ -43,18 +45,21 @@ const digits = () => String(randomInt(10_000_000, 100_000_000));
 const WRITERS: Record<string, (s: SecretMarkers) => string[]> = {
   "audit_events.personal": (s) => [s.tenantAuditDetail],
   "platform_audit_events.personal": (s) => [s.platformAuditDetail],
-  "mail_messages.recipient": (s) => [s.tenantMailLocalPart],
+  "mail_messages.recipient": (s) => [s.tenantMailLocalPart, s.inviteeLocalPart],
   "mail_messages.data": (s) => [s.tenantMailCode],
-  "platform_mail_messages.recipient": (s) => [s.platformMailLocalPart],
+  "platform_mail_messages.recipient": (s) => [s.platformMailLocalPart, s.accountLocalPart, s.newAddressLocalPart],
   "platform_mail_messages.data": (s) => [s.platformMailCode],
   "tenant_files.name": (s) => [s.subjectFileName, s.tenantFileName],
   "tenant_files.content_key": (s) => [s.subjectFileContent, s.tenantFileContent],
   "platform_files.name": (s) => [s.platformFileName, s.personFileName],
   "platform_files.content_key": (s) => [s.platformFileContent, s.personFileContent],
+  "users.email": (s) => [s.accountLocalPart],
+  "account_tokens.email": (s) => [s.newAddressLocalPart],
+  "invitations.email": (s) => [s.inviteeLocalPart],
 };
 
 const encryptedColumns = () =>
-  PLATFORM_INVENTORY.flatMap((module) =>
+  APPLICATION_INVENTORY.flatMap((module) =>
     module.tables.flatMap((table) =>
       Object.entries(table.columns)
         .filter(([, entry]) => entry.keyScope !== null)
@@ -143,6 +148,10 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     tenantAuditDetail: marker(),
     platformAuditDetail: marker(),
     jobError: marker(),
+    accountLocalPart: marker(),
+    newAddressLocalPart: marker(),
+    inviteeLocalPart: marker(),
+    password: marker(),
   };
   const control: ControlMarkers = {
     tenantName: marker(),
@@ -249,17 +258,34 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     }
   });
 
-  it("ran the jobs: one delivery accepted, one refused for good, one handler failed, the control job done", () => {
+  it("ran the jobs: four deliveries accepted, one refused for good, one handler failed, the control job done", () => {
     expect(result.jobStates).toEqual({
-      "mail.deliver": ["completed", "completed"],
+      "mail.deliver": Array(5).fill("completed"),
       "test.at-rest-fails": ["failed"],
       "test.at-rest-control": ["completed"],
     });
-    expect(sink.received.map((mail) => mail.to)).toEqual([[`${secret.tenantMailLocalPart}@example.com`]]);
-    expect(sink.received[0]?.raw).toContain(secret.tenantMailCode);
+    const delivered = [
+      secret.tenantMailLocalPart,
+      secret.accountLocalPart,
+      secret.newAddressLocalPart,
+      secret.inviteeLocalPart,
+    ].map((localPart) => [`${localPart}@example.com`]);
+    expect(sink.received.map((mail) => mail.to).sort()).toEqual(delivered.sort());
+    const codeMail = sink.received.find((mail) => mail.to[0] === `${secret.tenantMailLocalPart}@example.com`);
+    expect(codeMail?.raw).toContain(secret.tenantMailCode);
     // What pg-boss keeps of the failed attempt is among the rows searched.
     const pgboss = places.get("pg-boss rows")?.haystacks ?? [];
     expect(pgboss.some((h) => contains(h.bytes, "the handler threw Error"))).toBe(true);
+  });
+
+  it("searches for each secret the server handed out: a session token and the tokens of three mailed links", () => {
+    expect(Object.keys(result.issued).sort()).toEqual([
+      "emailChangeToken",
+      "invitationToken",
+      "sessionToken",
+      "verificationToken",
+    ]);
+    for (const [name, value] of Object.entries(result.issued)) expect(value, name).toMatch(/^[A-Za-z0-9_-]{43}$/);
   });
 
   it.each(PLACES)("finds no secret marker in the %s, and finds the control written there in plain text", (name) => {
@@ -272,7 +298,7 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
       [...place.controlSources].sort(),
     );
     const leaks = place.haystacks.flatMap((h) =>
-      Object.entries(secret)
+      Object.entries({ ...secret, ...result.issued })
         .filter(([, value]) => contains(h.bytes, value))
         .map(([secretName]) => `${secretName} in ${h.label}`),
     );

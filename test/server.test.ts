@@ -95,17 +95,13 @@ describe("charter start on the embedded database", () => {
     const keyPath = join(dataDir, "keys", "master.key");
     expect({ content: readFileSync(keyPath, "utf8"), mtimeMs: statSync(keyPath).mtimeMs }).toEqual(keyBefore);
 
-    const started = performance.now();
     const second = await runCharter(["start"], env, 30_000);
-    const secondMs = performance.now() - started;
     expect(second.code).not.toBe(0);
     expect(second.code).not.toBeNull();
     expect(second.stderr.trimEnd().split("\n")).toEqual([
       `charter: the embedded database is in use by process ${server.child.pid} (lock file ${join(dataDir, "db.lock")})`,
     ]);
     expect(second.stderr).not.toMatch(STACK_FRAME);
-    // Fails at the lock, before PGlite would take seconds to open.
-    expect(secondMs).toBeLessThan(5_000);
     // The refused start left the running server alone: its socket and its lock are intact.
     expect((await fetch(`${base}/ready`)).status).toBe(200);
     expect((await runCharter(["doctor"], env)).code).toBe(0);

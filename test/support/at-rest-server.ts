@@ -5,22 +5,28 @@
  *   node test/support/at-rest-server.ts <plan.json> <result.json>
  *
  * with Charter's configuration in the environment (CHARTER_SMTP_URL pointing at the test's SMTP sink). It
- * starts the server, writes the plan's markers through the platform services, lets the jobs run, reads every
- * encrypted value back, shuts the server down and writes what it read to the result file.
+ * starts the server, writes the plan's markers through the platform services and, for the accounts, through
+ * the HTTP API as a browser would, lets the jobs run, reads every encrypted value back, shuts the server down
+ * and writes what it read to the result file.
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadConfig } from "../../src/config.ts";
+import { emailChangeConfirm, verifyEmail } from "../../src/modules/identity/account-mail.ts";
+import { sessionCookieName } from "../../src/modules/identity/cookies.ts";
+import { invitationMail } from "../../src/modules/identity/member-mail.ts";
 import { systemClock } from "../../src/platform/clock.ts";
 import type { Binding } from "../../src/platform/crypto/envelope.ts";
+import type { KeyRing } from "../../src/platform/crypto/key-ring.ts";
 import type { Tx } from "../../src/platform/db/index.ts";
 import { newBlobKey } from "../../src/platform/files/blob-store.ts";
 import type { FileOwner } from "../../src/platform/files/index.ts";
 import { uuidv7 } from "../../src/platform/ids.ts";
 import type { Jobs } from "../../src/platform/jobs/index.ts";
 import { eventually } from "../../src/platform/jobs/testing.ts";
+import type { MessageRef } from "../../src/platform/mail/index.ts";
 import { PLATFORM_JOBS } from "../../src/platform/services.ts";
 import { createTenant } from "../../src/platform/tenancy/tenants.ts";
-import { startServer } from "../../src/server.ts";
+import { type RunningServer, startServer } from "../../src/server.ts";
 
 /** Values that must never be stored or logged in plain text; each is unique to one run. */
 export interface SecretMarkers {
@@ -43,6 +49,12 @@ export interface SecretMarkers {
   platformAuditDetail: string;
   /** Quoted by a failing job handler's error message, as a handler's error may quote what it worked on. */
   jobError: string;
+  /** Local parts of the addresses the HTTP API is given: the sign-up, the email change, the invitation. */
+  accountLocalPart: string;
+  newAddressLocalPart: string;
+  inviteeLocalPart: string;
+  /** The account's password: not an encrypted column but a secret stored nowhere, only its Argon2id hash. */
+  password: string;
 }
 
 /** Values written in plain text on purpose, one per place searched: the positive controls. */
@@ -67,6 +79,11 @@ export interface AtRestResult {
   readBack: Record<string, string[]>;
   /** The final pg-boss state of each job the run enqueued, by job kind. */
   jobStates: Record<string, string[]>;
+  /**
+   * Secrets the server handed out during the run (the session cookie, the tokens of the mailed links), which
+   * must be stored nowhere but hashed, or sealed in the mail that carries them, and never logged.
+   */
+  issued: Record<string, string>;
 }
 
 /** Job kinds of this run only: one whose handler fails quoting a marker, one that carries the control key. */
@@ -74,6 +91,144 @@ const FAILING_JOB = "test.at-rest-fails";
 const CONTROL_JOB = "test.at-rest-control";
 
 const address = (localPart: string) => `${localPart}@example.com`;
+
+/** Every job the run enqueues: five deliveries (two sent directly, three by the accounts), two of this run. */
+const JOB_COUNT = 7;
+
+const mailTable = (ref: MessageRef) => (ref.tenantId === null ? "platform_mail_messages" : "mail_messages");
+
+/** The newest message of `template` in the place of `tenantId` (each run starts from an empty database). */
+async function latestMail(tx: Tx, tenantId: string | null, template: string): Promise<MessageRef> {
+  const row = await (tenantId === null
+    ? tx.selectFrom("platform_mail_messages").select("id").where("template", "=", template).orderBy("id", "desc")
+    : tx
+        .selectFrom("mail_messages")
+        .select("id")
+        .where("tenant_id", "=", tenantId)
+        .where("template", "=", template)
+        .orderBy("id", "desc")
+  ).executeTakeFirstOrThrow();
+  return { tenantId, messageId: row.id };
+}
+
+/** A message's sealed columns, opened; a column a suppressed message no longer holds is left out. */
+async function openMail(
+  tx: Tx,
+  keyRing: KeyRing,
+  ref: MessageRef,
+): Promise<Partial<Record<"recipient" | "data", string>>> {
+  const { tenantId, messageId: id } = ref;
+  const table = mailTable(ref);
+  const row = await (tenantId === null
+    ? tx.selectFrom("platform_mail_messages").select(["recipient", "data"]).where("id", "=", id)
+    : tx
+        .selectFrom("mail_messages")
+        .select(["recipient", "data"])
+        .where("tenant_id", "=", tenantId)
+        .where("id", "=", id)
+  ).executeTakeFirstOrThrow();
+  const opened: Partial<Record<"recipient" | "data", string>> = {};
+  for (const column of ["recipient", "data"] as const) {
+    const envelope = row[column];
+    if (envelope === null) continue;
+    const binding: Binding = { tenantId, table, column, rowId: id };
+    opened[column] = await keyRing.decrypt(tx, envelope, binding);
+  }
+  return opened;
+}
+
+/** The token in the fragment of the link a message carries (…#token=…), as the web page would read it. */
+function mailedToken(opened: { data?: string }): string {
+  if (opened.data === undefined) throw new Error("the message holds no data");
+  const { link } = JSON.parse(opened.data) as { link: string };
+  const token = new URLSearchParams(new URL(link).hash.slice(1)).get("token");
+  if (!token) throw new Error("the message's link carries no token");
+  return token;
+}
+
+/** What the accounts' part of the run left to read back once the jobs ran. */
+interface AccountWrites {
+  userId: string;
+  tenantId: string;
+  invitationId: string;
+  mails: MessageRef[];
+  issued: Record<string, string>;
+}
+
+/**
+ * Writes the identity columns as a person using the web app would, through the server's HTTP API: signs up
+ * (users.email), verifies the address with the mailed link, signs in, creates an organization, asks to move
+ * the account to another address (account_tokens.email) and invites someone (invitations.email). Unsafe
+ * requests carry `Sec-Fetch-Site: same-origin`, as a browser labels those of the app's own pages.
+ */
+async function writeAccounts(server: RunningServer, publicUrl: URL, secret: SecretMarkers): Promise<AccountWrites> {
+  const { db, services } = server;
+  const { keyRing } = services;
+  const cookieName = sessionCookieName(publicUrl);
+  let session: string | undefined;
+  const call = async (method: string, path: string, expected: number, body?: unknown): Promise<Response> => {
+    const response = await fetch(`${server.url}${path}`, {
+      method,
+      headers: {
+        "sec-fetch-site": "same-origin",
+        ...(body === undefined ? {} : { "content-type": "application/json" }),
+        ...(session === undefined ? {} : { cookie: `${cookieName}=${session}` }),
+      },
+      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+    });
+    if (response.status !== expected) {
+      throw new Error(`${method} ${path} answered ${response.status}, not ${expected}: ${await response.text()}`);
+    }
+    return response;
+  };
+  const json = async <T>(response: Response) => (await response.json()) as T;
+  const tokenMailed = async (tenantId: string | null, template: string) => {
+    const read = async (tx: Tx) => {
+      const ref = await latestMail(tx, tenantId, template);
+      return { ref, token: mailedToken(await openMail(tx, keyRing, ref)) };
+    };
+    return tenantId === null ? db.withPlatform(read) : db.withTenant({ tenantId }, read);
+  };
+
+  const email = address(secret.accountLocalPart);
+  await call("POST", "/api/v1/accounts", 202, { email, displayName: "Ada At Rest", password: secret.password });
+  const verification = await tokenMailed(null, verifyEmail.name);
+  await call("POST", "/api/v1/accounts/verify-email", 204, { token: verification.token });
+
+  const signIn = await call("POST", "/api/v1/sessions", 200, { email, password: secret.password });
+  const cookie = signIn.headers.getSetCookie().find((c) => c.startsWith(`${cookieName}=`));
+  session = cookie?.slice(cookieName.length + 1).split(";")[0];
+  if (!session) throw new Error(`signing in set no ${cookieName} cookie`);
+  const { id: userId } = await json<{ id: string }>(await call("GET", "/api/v1/me", 200));
+
+  const tenant = await json<{ id: string }>(
+    await call("POST", "/api/v1/tenants", 201, { slug: `at-rest-api-${uuidv7().slice(-12)}`, name: "At Rest Ltd" }),
+  );
+  // A fresh sign-in is the recent authentication an email change asks for.
+  await call("POST", "/api/v1/me/email", 202, { newEmail: address(secret.newAddressLocalPart) });
+  const change = await tokenMailed(null, emailChangeConfirm.name);
+  const invitation = await json<{ id: string }>(
+    await call("POST", `/api/v1/tenants/${tenant.id}/invitations`, 201, {
+      email: address(secret.inviteeLocalPart),
+      role: "member",
+    }),
+  );
+  const invited = await tokenMailed(tenant.id, invitationMail.name);
+  // An invitation token is `<tenant id>.<secret>`: the tenant id is no secret, and is written in plain text.
+  const invitationSecret = invited.token.slice(invited.token.indexOf(".") + 1);
+  return {
+    userId,
+    tenantId: tenant.id,
+    invitationId: invitation.id,
+    mails: [verification.ref, change.ref, invited.ref],
+    issued: {
+      sessionToken: session,
+      verificationToken: verification.token,
+      emailChangeToken: change.token,
+      invitationToken: invitationSecret,
+    },
+  };
+}
 
 async function main(planPath: string, resultPath: string): Promise<void> {
   const plan = JSON.parse(readFileSync(planPath, "utf8")) as AtRestPlan;
@@ -88,7 +243,8 @@ async function main(planPath: string, resultPath: string): Promise<void> {
     );
     jobs.define(CONTROL_JOB, async () => {});
   };
-  const server = await startServer(loadConfig(process.env), { defineJobs });
+  const config = loadConfig(process.env);
+  const server = await startServer(config, { defineJobs });
   try {
     const { db, services } = server;
     const { keyRing, audit, mailer, files, jobs, blobs } = services;
@@ -183,19 +339,20 @@ async function main(planPath: string, resultPath: string): Promise<void> {
     if (tenantWrites.mail.status !== "queued" || platformWrites.mail.status !== "queued") {
       throw new Error("with CHARTER_SMTP_URL set, both messages should be queued for delivery");
     }
+    const accounts = await writeAccounts(server, config.publicUrl, secret);
     await blobs.put(newBlobKey(), Buffer.from(`plain text ${control.blob}\n`));
     // Whatever the answer, the request log names the path.
     await (await fetch(`${server.url}/${control.requestPath}`)).arrayBuffer();
 
-    // Every job this run enqueued reaches a final state: both deliveries (one accepted, one refused for good
-    // by the SMTP server), the failing job and the control job.
+    // Every job this run enqueued reaches a final state: the deliveries (all accepted but one, refused for
+    // good by the SMTP server), the failing job and the control job.
     const kinds = [PLATFORM_JOBS.deliverMail, FAILING_JOB, CONTROL_JOB];
     const jobStates = await eventually(async () => {
       const rows = (await db.queueSql("SELECT name, state FROM pgboss.job WHERE name = ANY($1::text[])", [kinds])) as {
         name: string;
         state: string;
       }[];
-      const final = rows.length === 4 && rows.every((r) => r.state === "completed" || r.state === "failed");
+      const final = rows.length === JOB_COUNT && rows.every((r) => r.state === "completed" || r.state === "failed");
       if (!final) return undefined;
       return Object.fromEntries(
         [...Map.groupBy(rows, (r) => r.name)].map(([name, jobs]) => [name, jobs.map((j) => j.state).sort()]),
@@ -206,26 +363,13 @@ async function main(planPath: string, resultPath: string): Promise<void> {
     const record = (column: string, value: string) => {
       readBack[column] = [...(readBack[column] ?? []), value];
     };
-    const decryptColumns = async (
-      tx: Tx,
-      table: "mail_messages" | "platform_mail_messages",
-      id: string,
-      bindingTenant: string | null,
-    ) => {
-      const row = await (table === "mail_messages"
-        ? tx
-            .selectFrom("mail_messages")
-            .select(["recipient", "data"])
-            .where("tenant_id", "=", tenantId)
-            .where("id", "=", id)
-        : tx.selectFrom("platform_mail_messages").select(["recipient", "data"]).where("id", "=", id)
-      ).executeTakeFirstOrThrow();
-      for (const column of ["recipient", "data"] as const) {
-        const envelope = row[column];
-        if (envelope === null) continue;
-        const binding: Binding = { tenantId: bindingTenant, table, column, rowId: id };
-        record(`${table}.${column}`, await keyRing.decrypt(tx, envelope, binding));
+    const recordMail = async (tx: Tx, ref: MessageRef) => {
+      for (const [column, value] of Object.entries(await openMail(tx, keyRing, ref))) {
+        record(`${mailTable(ref)}.${column}`, value);
       }
+    };
+    const recordEmail = async (tx: Tx, envelope: string, binding: Binding) => {
+      record(`${binding.table}.${binding.column}`, await keyRing.decrypt(tx, envelope, binding));
     };
     const readFile = async (tx: Tx, owner: FileOwner, id: string, table: "tenant_files" | "platform_files") => {
       const { file, content } = await files.read(tx, { owner, id });
@@ -234,20 +378,49 @@ async function main(planPath: string, resultPath: string): Promise<void> {
       record(`${table}.content_key`, content.toString("utf8"));
     };
     await db.withTenant({ tenantId }, async (tx) => {
-      await decryptColumns(tx, "mail_messages", tenantWrites.mail.ref.messageId, tenantId);
+      await recordMail(tx, tenantWrites.mail.ref);
       await readFile(tx, owners.subject, tenantWrites.subjectFile.id, "tenant_files");
       await readFile(tx, owners.tenant, tenantWrites.tenantFile.id, "tenant_files");
       const personal = await audit.openPersonal(tx, tenantWrites.event, subjectId);
       record("audit_events.personal", String(personal.note));
     });
     await db.withPlatform(async (tx) => {
-      await decryptColumns(tx, "platform_mail_messages", platformWrites.mail.ref.messageId, null);
+      await recordMail(tx, platformWrites.mail.ref);
       await readFile(tx, owners.platform, platformWrites.platformFile.id, "platform_files");
       await readFile(tx, owners.person, platformWrites.personFile.id, "platform_files");
       const personal = await audit.openPersonal(tx, platformWrites.event, personId);
       record("platform_audit_events.personal", String(personal.note));
+      const { userId } = accounts;
+      const user = await tx.selectFrom("users").select("email").where("id", "=", userId).executeTakeFirstOrThrow();
+      await recordEmail(tx, user.email, { tenantId: null, table: "users", column: "email", rowId: userId });
+      const tokens = await tx
+        .selectFrom("account_tokens")
+        .select(["id", "email"])
+        .where("user_id", "=", userId)
+        .where("email", "is not", null)
+        .execute();
+      for (const token of tokens) {
+        const binding: Binding = { tenantId: null, table: "account_tokens", column: "email", rowId: token.id };
+        await recordEmail(tx, token.email as string, binding);
+      }
     });
-    const result: AtRestResult = { readBack, jobStates };
+    for (const ref of accounts.mails) {
+      await (ref.tenantId === null
+        ? db.withPlatform((tx) => recordMail(tx, ref))
+        : db.withTenant({ tenantId: ref.tenantId }, (tx) => recordMail(tx, ref)));
+    }
+    await db.withTenant({ tenantId: accounts.tenantId }, async (tx) => {
+      const { tenantId: invitingTenant, invitationId } = accounts;
+      const invitation = await tx
+        .selectFrom("invitations")
+        .select("email")
+        .where("tenant_id", "=", invitingTenant)
+        .where("id", "=", invitationId)
+        .executeTakeFirstOrThrow();
+      const binding: Binding = { tenantId: invitingTenant, table: "invitations", column: "email", rowId: invitationId };
+      await recordEmail(tx, invitation.email, binding);
+    });
+    const result: AtRestResult = { readBack, jobStates, issued: accounts.issued };
     writeFileSync(resultPath, JSON.stringify(result));
   } finally {
     await server.shutdown();

@@ -3,6 +3,7 @@ import type { Audit } from "../../platform/audit/index.ts";
 import type { Clock } from "../../platform/clock.ts";
 import type { KeyRing } from "../../platform/crypto/key-ring.ts";
 import type { Database } from "../../platform/db/index.ts";
+import type { FileStore } from "../../platform/files/index.ts";
 import type { Mailer } from "../../platform/mail/index.ts";
 import type { RateLimiter } from "../../platform/ratelimit/limiter.ts";
 import type { PasswordHasher } from "./passwords.ts";
@@ -16,5 +17,7 @@ export interface IdentityDeps {
   mailer: Mailer;
   rateLimiter: RateLimiter;
   passwords: PasswordHasher;
+  /** Where avatars are stored (the platform file store). */
+  files: FileStore;
   config: Pick<Config, "publicUrl">;
 }

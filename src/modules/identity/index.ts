@@ -6,6 +6,7 @@ import { identityTemplates } from "./account-mail.ts";
 import { accountRoutes } from "./account-routes.ts";
 import { apiKeyRoutes } from "./api-key-routes.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { memberTemplates } from "./member-mail.ts";
 import { memberRoutes } from "./member-routes.ts";
 import { operatorRoutes } from "./operator-routes.ts";
 import { sessionRoutes } from "./session-routes.ts";
@@ -19,7 +20,7 @@ export interface Identity {
 }
 
 /** The identity module's mail templates, registered with the mailer before the module is built. */
-export const IDENTITY_TEMPLATES: readonly MailTemplate[] = identityTemplates;
+export const IDENTITY_TEMPLATES: readonly MailTemplate[] = [...identityTemplates, ...memberTemplates];
 
 /** The identity module: its routes and the access control every protected route goes through. */
 export function createIdentity(deps: IdentityDeps): Identity {

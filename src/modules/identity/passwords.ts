@@ -1,7 +1,6 @@
 import { type Options as Argon2Options, hash, verify } from "@node-rs/argon2";
-import { ZxcvbnFactory } from "@zxcvbn-ts/core";
-import { adjacencyGraphs, dictionary as commonDictionary } from "@zxcvbn-ts/language-common";
-import { dictionary as englishDictionary, translations } from "@zxcvbn-ts/language-en";
+import type { ZxcvbnFactory } from "@zxcvbn-ts/core";
+import { HttpProblem } from "../../platform/http/problem.ts";
 
 /**
  * Passwords (promise A1): Argon2id with OWASP's parameters, and a strength check against an offline list of
@@ -55,11 +54,26 @@ export function createPasswordHasher(parameters: Argon2Options = ARGON2_PARAMETE
   };
 }
 
-const zxcvbn = new ZxcvbnFactory({
-  translations,
-  graphs: adjacencyGraphs,
-  dictionary: { ...commonDictionary, ...englishDictionary },
-});
+/**
+ * The estimator and its dictionaries (a second to load) are loaded on the first check, not when the module
+ * is imported: every CLI command imports the server, and few of them check a password.
+ */
+let estimator: Promise<ZxcvbnFactory> | undefined;
+function loadEstimator(): Promise<ZxcvbnFactory> {
+  estimator ??= (async () => {
+    const [{ ZxcvbnFactory }, common, english] = await Promise.all([
+      import("@zxcvbn-ts/core"),
+      import("@zxcvbn-ts/language-common"),
+      import("@zxcvbn-ts/language-en"),
+    ]);
+    return new ZxcvbnFactory({
+      translations: english.translations,
+      graphs: common.adjacencyGraphs,
+      dictionary: { ...common.dictionary, ...english.dictionary },
+    });
+  })();
+  return estimator;
+}
 
 export interface PasswordContext {
   email?: string;
@@ -80,7 +94,7 @@ function contextWords(context: PasswordContext): string[] {
 }
 
 /** Whether a new password is acceptable; the reason is shown to the user and never contains the password. */
-export function checkPasswordStrength(password: string, context: PasswordContext = {}): StrengthVerdict {
+export async function checkPasswordStrength(password: string, context: PasswordContext = {}): Promise<StrengthVerdict> {
   if (typeof password !== "string") return { ok: false, reason: "a password is required" };
   const length = [...password].length;
   if (length < MIN_PASSWORD_LENGTH) {
@@ -89,11 +103,17 @@ export function checkPasswordStrength(password: string, context: PasswordContext
   if (length > MAX_PASSWORD_LENGTH) {
     return { ok: false, reason: `use at most ${MAX_PASSWORD_LENGTH} characters` };
   }
-  const result = zxcvbn.check(password, contextWords(context));
+  const result = (await loadEstimator()).check(password, contextWords(context));
   if (result.score >= MIN_SCORE) return { ok: true };
   const hint = result.feedback.warning ?? result.feedback.suggestions[0];
   return {
     ok: false,
     reason: `this password is too easy to guess${hint ? `: ${hint}` : ""}`,
   };
+}
+
+/** Refuses a new password that is too weak (HttpProblem "weak-password" with the reason); nothing is written. */
+export async function assertStrongPassword(password: string, context: PasswordContext): Promise<void> {
+  const verdict = await checkPasswordStrength(password, context);
+  if (!verdict.ok) throw new HttpProblem("weak-password", verdict.reason);
 }

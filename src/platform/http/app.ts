@@ -29,7 +29,7 @@ import { type AnyRoute, CONTENT_TYPES, type ContentType, type Grant, isApiPath, 
 export type TenantAccess =
   | { outcome: "granted"; grant: Grant }
   | { outcome: "not-member" }
-  | { outcome: "forbidden"; detail?: string };
+  | { outcome: "forbidden"; detail?: string; slug?: ProblemSlug };
 
 /** How the identity module tells the kernel who is calling and what they may do. */
 export interface AccessControl {
@@ -57,8 +57,8 @@ export interface AppDeps {
   accessControl?: AccessControl;
   /** TLS material read from the configured files; HTTPS and HSTS when present. */
   https?: { key: Buffer; cert: Buffer; minVersion: "TLSv1.2" | "TLSv1.3" };
-  /** Log output; `false` silences logs (tests). */
-  log?: boolean;
+  /** Log output; `false` silences logs (tests); a stream receives them instead of standard output. */
+  log?: boolean | { write(line: string): void };
 }
 
 const DEFAULT_BODY_LIMIT = 1024 * 1024;
@@ -111,6 +111,29 @@ function mediaType(request: FastifyRequest): string | undefined {
   return request.headers["content-type"]?.split(";")[0]?.trim().toLowerCase();
 }
 
+const SAFE_METHODS: ReadonlySet<string> = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/** GET, HEAD and OPTIONS change nothing, so nobody gains from forging them. */
+export function isSafeMethod(method: string): boolean {
+  return SAFE_METHODS.has(method.toUpperCase());
+}
+
+/**
+ * CSRF (promise A5), first line: a browser labels each request with Sec-Fetch-Site, which no page can forge,
+ * and an unsafe request from any other site, or typed by nobody ("none" cannot be a POST), is refused before
+ * anything runs, on public routes too (login CSRF on sign-in and sign-up). Clients that do not send the header
+ * are judged by the identity module, which knows the session cookie (identity/csrf.ts). Public-tenant routes
+ * are exempt: they take no cookie, only a credential the request itself carries (a signature, a token), and
+ * some are meant to be posted to from other sites (mail providers' one-click unsubscribe, forms).
+ */
+function refuseCrossSite(request: FastifyRequest, route: AnyRoute | undefined): void {
+  if (isSafeMethod(request.method) || route?.permission.kind === "public-tenant") return;
+  const site = request.headers["sec-fetch-site"];
+  if (site !== undefined && site !== "same-origin") {
+    throw new HttpProblem("cross-site-request", "this request did not come from a page of this site");
+  }
+}
+
 /** Builds the HTTP surface: every route comes from the registry with a declared permission. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const access = deps.accessControl ?? noAccessControl;
@@ -123,7 +146,10 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     forceCloseConnections: "idle",
     return503OnClosing: true,
     // Logs carry no personal data (L5): the options live in platform/log.ts.
-    logger: deps.log === false ? false : logOptions(deps.config.logLevel),
+    logger:
+      deps.log === false
+        ? false
+        : { ...logOptions(deps.config.logLevel), ...(typeof deps.log === "object" ? { stream: deps.log } : {}) },
   }).withTypeProvider<ZodTypeProvider>();
 
   app.setValidatorCompiler(validatorCompiler);
@@ -194,6 +220,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     reply.header("x-request-id", request.id);
     const path = request.url.split("?")[0] ?? "/";
     const route = request.routeOptions.config.charterRoute;
+    refuseCrossSite(request, route);
     // The web app's catch-all answers every GET, but under /api/ it only says 404: no route was found there.
     const routeFound = route !== undefined && !(route.url.includes("*") && isApiPath(path));
     const facts = { address: request.ip, method: request.method, path, routeFound };
@@ -359,7 +386,7 @@ function registerRoute(
     const tenantId = await tenantFromPath(request);
     const decision = await access.authorize(principal, tenantId, permission.permission);
     if (decision.outcome === "not-member") throw new HttpProblem("not-found", "no such tenant");
-    if (decision.outcome === "forbidden") throw new HttpProblem("forbidden", decision.detail);
+    if (decision.outcome === "forbidden") throw new HttpProblem(decision.slug ?? "forbidden", decision.detail);
     // A record the caller may not see is reported as absent, so its existence does not leak.
     if (permission.record && !(await permission.record.allows(principal, decision.grant, tenantId, request.params))) {
       throw notFound(request);

@@ -30,7 +30,8 @@ export type AuditRecorder = Pick<Audit, "record">;
 /**
  * Creates a tenant in the platform registry, its settings row and its key inside the new tenant's
  * context: a tenant never exists without the key its data will be encrypted under. The first event of the
- * tenant's changes chain, tenant.created, is written in the same transaction.
+ * tenant's changes chain, tenant.created, is written in the same transaction. `then` runs last in that
+ * transaction, so what must exist with the tenant (its first owner) commits or rolls back with it.
  */
 export async function createTenant(
   db: Database,
@@ -39,6 +40,7 @@ export async function createTenant(
   keys: TenantKeys,
   audit: AuditRecorder,
   actor: Actor = SYSTEM_ACTOR,
+  then?: (tx: Tx, tenant: Tenant) => Promise<void>,
 ): Promise<Tenant> {
   const id = uuidv7(clock.now().getTime());
   const now = clock.now();
@@ -65,7 +67,9 @@ export async function createTenant(
       // The slug and name can name a person (a sole trader): the registry row holds them, the event does not.
       details: { timeZone: input.timeZone ?? "UTC", locale: input.locale ?? "en" },
     });
-    return { id, slug: tenant.slug, name: tenant.name, status: tenant.status, createdAt: tenant.created_at };
+    const created = { id, slug: tenant.slug, name: tenant.name, status: tenant.status, createdAt: tenant.created_at };
+    await then?.(tx, created);
+    return created;
   });
 }
 
@@ -74,10 +78,24 @@ export async function findTenant(tx: Tx, id: string): Promise<Tenant | undefined
   return row && { id: row.id, slug: row.slug, name: row.name, status: row.status, createdAt: row.created_at };
 }
 
-export interface SettingsChange {
+export interface TenantSettings {
+  timeZone: string;
+  locale: string;
+  guestSharing: boolean;
+}
+
+/** The settings of the tenant of `tx`. */
+export async function tenantSettings(tx: Tx, tenantId: string): Promise<TenantSettings | undefined> {
+  const row = await tx
+    .selectFrom("tenant_settings")
+    .select(["time_zone", "locale", "guest_sharing"])
+    .where("tenant_id", "=", tenantId)
+    .executeTakeFirst();
+  return row && { timeZone: row.time_zone, locale: row.locale, guestSharing: row.guest_sharing };
+}
+
+export interface SettingsChange extends Partial<TenantSettings> {
   tenantId: string;
-  timeZone?: string;
-  locale?: string;
   actor: Actor;
   requestId?: string | null;
 }
@@ -95,18 +113,31 @@ export async function changeTenantSettings(
 ): Promise<void> {
   const current = await tx
     .selectFrom("tenant_settings")
-    .select(["time_zone", "locale"])
+    .select(["time_zone", "locale", "guest_sharing"])
     .where("tenant_id", "=", change.tenantId)
     .forUpdate()
     .executeTakeFirst();
   if (!current) throw new TypeError("no settings for this tenant in this transaction");
-  const before = { timeZone: current.time_zone, locale: current.locale };
-  const after = { timeZone: change.timeZone ?? before.timeZone, locale: change.locale ?? before.locale };
-  const fields = (["timeZone", "locale"] as const).filter((field) => before[field] !== after[field]);
+  const before: TenantSettings = {
+    timeZone: current.time_zone,
+    locale: current.locale,
+    guestSharing: current.guest_sharing,
+  };
+  const after: TenantSettings = {
+    timeZone: change.timeZone ?? before.timeZone,
+    locale: change.locale ?? before.locale,
+    guestSharing: change.guestSharing ?? before.guestSharing,
+  };
+  const fields = (["timeZone", "locale", "guestSharing"] as const).filter((field) => before[field] !== after[field]);
   if (fields.length === 0) return;
   await tx
     .updateTable("tenant_settings")
-    .set({ time_zone: after.timeZone, locale: after.locale, updated_at: clock.now() })
+    .set({
+      time_zone: after.timeZone,
+      locale: after.locale,
+      guest_sharing: after.guestSharing,
+      updated_at: clock.now(),
+    })
     .where("tenant_id", "=", change.tenantId)
     .execute();
   await audit.record(tx, {
