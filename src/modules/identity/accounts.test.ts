@@ -5,6 +5,7 @@ import { manualClock } from "../../platform/clock.ts";
 import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import type { OutboxEntry } from "../../platform/mail/index.ts";
+import { UNIFORM_ANSWER_MS } from "./account-routes.ts";
 import { TOKEN_LIFETIME_MS } from "./accounts.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
@@ -128,6 +129,24 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
         ["auth.signed-up", "security", "user", user?.id],
         ["auth.email-verified", "security", "user", user?.id],
       ]);
+    });
+
+    it("answers sign-up and reset requests no sooner than their floor, for held and unknown addresses alike", async () => {
+      const taken = newAddress("floor");
+      await createTestUser(deps, { email: taken, displayName: "Holder" });
+      const timed = async (url: string, body: Record<string, string>) => {
+        const started = performance.now();
+        const response = await post(url, body);
+        return { status: response.statusCode, ms: performance.now() - started };
+      };
+      for (const email of [taken, newAddress("floor-unknown")]) {
+        const signUp = await timed("/api/v1/accounts", { email, displayName: "Eve", password: STRONG });
+        expect(signUp.status).toBe(202);
+        expect(signUp.ms).toBeGreaterThanOrEqual(UNIFORM_ANSWER_MS.signUp - 1);
+        const reset = await timed("/api/v1/accounts/password-reset", { email });
+        expect(reset.status).toBe(202);
+        expect(reset.ms).toBeGreaterThanOrEqual(UNIFORM_ANSWER_MS.passwordReset - 1);
+      }
     });
 
     it("answers the same for an address a verified account holds, creates nothing and writes to that account", async () => {
