@@ -1,10 +1,12 @@
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { z } from "zod";
 import type { IdentityDeps } from "../src/modules/identity/deps.ts";
 import { createIdentityTestDeps } from "../src/modules/identity/testing.ts";
 import { manualClock } from "../src/platform/clock.ts";
 import { HttpProblem } from "../src/platform/http/problem.ts";
-import { type AnyRoute, defineRoute, type Permission } from "../src/platform/http/routes.ts";
+import { type AnyRoute, defineRoute, type Permission, type RecordCheck } from "../src/platform/http/routes.ts";
+import { uuidv7 } from "../src/platform/ids.ts";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/databases.ts";
 import {
   buildWorld,
@@ -14,8 +16,10 @@ import {
   MATRIX_SPEC,
   type MatrixReport,
   type MatrixSpec,
+  type RecordTarget,
   runMatrix,
   type Sample,
+  type Side,
   type World,
 } from "./support/matrix.ts";
 
@@ -23,7 +27,9 @@ import {
  * The permission matrix's own test: the matrix of test/permission-matrix.test.ts (its harness, samples,
  * hand-written expectations and committed snapshot, none of them edited) is run over a world whose app serves
  * two real routes with a weakened permission and a few test-only routes that are wrong in one way each, and
- * must report every one of them, while the untouched real routes beside them pass. One world and one run of
+ * must report every one of them, while the untouched real routes beside them pass. The record and credential
+ * axes, which no real route has yet, are shown on test-only routes served right (they pass) and weakened
+ * (they fail). One world and one run of
  * the matrix over the routes concerned; each test below reads its part of the report.
  */
 
@@ -44,6 +50,113 @@ const UNTOUCHED = ["listMembers", "listInvitations"];
 
 /** A test-only route the snapshot of this test leaves out, as a new route nobody committed would be. */
 const UNLISTED = "selfTestUnlisted";
+
+/**
+ * Test-only routes for the two axes no real route has yet, each served right and served weakened: notes kept
+ * in memory that only their owner and the members they are shared with may read, and a hook that takes an
+ * HMAC of the tenant id under that tenant's secret. The right ones must pass, the weakened ones must fail.
+ */
+function axisRoutes(world: () => World): { routes: AnyRoute[]; samples: Record<string, Sample> } {
+  const notes = new Map<string, { tenantId: string; owner: string; sharedWith: Set<string> }>();
+  const given = new Map<string, Record<RecordTarget, string>>();
+  const note = (tenantId: string, owner: string, sharedWith: string[]) => {
+    const id = uuidv7();
+    notes.set(id, { tenantId, owner, sharedWith: new Set(sharedWith) });
+    return id;
+  };
+  const sharedOnly: RecordCheck = {
+    name: "own or shared notes",
+    allows: async (_principal, grant, tenantId, params) => {
+      const found = notes.get((params as { noteId: string }).noteId);
+      const reader = grant.membershipId ?? "";
+      return found?.tenantId === tenantId && (found.owner === reader || found.sharedWith.has(reader));
+    },
+  };
+  const records: NonNullable<Sample["records"]> = {
+    param: "noteId",
+    async of(actor, side) {
+      const { tenant, bystander } = world()[side];
+      // A key acts for its owner's membership, and reads what that membership may.
+      const reader = actor.membershipId ?? actor.name;
+      const key = `${side} ${reader}`;
+      const ids = given.get(key) ?? {
+        own: note(tenant.id, reader, []),
+        shared: note(tenant.id, bystander.membershipId, [reader]),
+        "not-shared": note(tenant.id, bystander.membershipId, []),
+      };
+      given.set(key, ids);
+      return ids;
+    },
+  };
+
+  const secrets = new Map<string, Buffer>();
+  const secretOf = (tenantId: string) => {
+    const secret = secrets.get(tenantId) ?? randomBytes(32);
+    secrets.set(tenantId, secret);
+    return secret;
+  };
+  const sign = (tenantId: string) =>
+    `${tenantId}.${createHmac("sha256", secretOf(tenantId)).update(tenantId).digest("hex")}`;
+  /** Whether the signature is one of some tenant's; `bound`: of the tenant whose path it came on. */
+  const signature = (name: string, bound: boolean) => ({
+    name,
+    verify: async (request: { headers: Record<string, unknown> }, tenantId: string) => {
+      const header = String(request.headers["x-matrix-signature"] ?? "");
+      const signer = header.split(".")[0] ?? "";
+      if (bound && signer !== tenantId) return false;
+      const expected = Buffer.from(sign(signer));
+      const got = Buffer.from(header);
+      return got.length === expected.length && timingSafeEqual(got, expected);
+    },
+  });
+
+  const noteRoute = (operationId: string, path: string, record: RecordCheck) =>
+    defineRoute({
+      method: "GET",
+      url: `/api/v1/tenants/:tenantId/matrix-self/${path}/:noteId`,
+      operationId,
+      summary: "Reads a note",
+      permission: { kind: "tenant", permission: "tenant.read", record },
+      params: z.object({ tenantId: z.uuid(), noteId: z.uuid() }),
+      response: { 200: z.object({ noteId: z.uuid() }) },
+      handler: async (request) => ({ noteId: request.params.noteId }),
+    });
+  const hookRoute = (operationId: string, path: string, bound: boolean) =>
+    defineRoute({
+      method: "POST",
+      url: `/api/v1/tenants/:tenantId/matrix-self/${path}`,
+      operationId,
+      summary: "Receives a signed call",
+      permission: { kind: "public-tenant", credential: signature("self-test signature", bound) },
+      params: z.object({ tenantId: z.uuid() }),
+      response: { 204: z.null() },
+      handler: async (_request, reply) => reply.code(204).send(),
+    });
+  const credential = async (side: Side) => ({ "x-matrix-signature": sign(world()[side].tenant.id) });
+  return {
+    routes: [
+      noteRoute(AXES.notes, "notes", sharedOnly),
+      noteRoute(AXES.notesOpen, "open-notes", { name: sharedOnly.name, allows: async () => true }),
+      hookRoute(AXES.signed, "signed", true),
+      hookRoute(AXES.signedAnyTenant, "signed-any", false),
+    ],
+    samples: {
+      [AXES.notes]: { ok: 200, records },
+      [AXES.notesOpen]: { ok: 200, records },
+      [AXES.signed]: { ok: 204, credential },
+      [AXES.signedAnyTenant]: { ok: 204, credential },
+    },
+  };
+}
+
+const AXES = {
+  notes: "selfTestNotes",
+  /** Its record check lets everyone read every note. */
+  notesOpen: "selfTestNotesOpen",
+  signed: "selfTestSigned",
+  /** Its credential check accepts any tenant's signature on any tenant's path. */
+  signedAnyTenant: "selfTestSignedAnyTenant",
+} as const;
 
 /**
  * Test-only routes, each wrong in one way the matrix must catch. `world` is read when a request arrives, by
@@ -97,9 +210,19 @@ function faultyRoutes(deps: IdentityDeps, world: () => World): AnyRoute[] {
       method: "POST",
       url: "/api/v1/tenants/:tenantId/matrix-self/hook",
       operationId: "selfTestHook",
-      summary: "A route of a kind the expectations do not classify (public-tenant)",
+      summary: "A public-tenant route whose sample gives no credential to send",
       permission: { kind: "public-tenant", credential: { name: "self-test signature", verify: async () => false } },
       params: tenantParams,
+      response: nothing,
+      handler: unreachable,
+    }),
+    defineRoute({
+      method: "GET",
+      url: "/api/v1/tenants/:tenantId/matrix-self/unnamed/:noteId",
+      operationId: "selfTestRecordsUnsampled",
+      summary: "A record-level check whose sample names no records",
+      permission: { kind: "tenant", permission: "tenant.read", record: { name: "anything", allows: async () => true } },
+      params: z.object({ tenantId: z.uuid(), noteId: z.uuid() }),
       response: nothing,
       handler: unreachable,
     }),
@@ -159,6 +282,7 @@ const FAULTY_SAMPLES: Readonly<Record<string, Sample>> = {
   selfTestLeak: { ok: 200 },
   selfTestTouch: { ok: 403 },
   selfTestHook: { ok: 204 },
+  selfTestRecordsUnsampled: { ok: 204 },
   selfTestUnknownPermission: { ok: 204 },
   selfTestUnknownParameter: { ok: 204 },
   selfTestBodyless: { ok: 204 },
@@ -188,6 +312,7 @@ describe.each(DATABASE_KINDS)("the permission matrix on %s", (kind) => {
     t = await openTestDatabase(kind);
     const deps = createIdentityTestDeps(t.db, clock);
     const faulty = faultyRoutes(deps, () => world);
+    const axes = axisRoutes(() => world);
     world = await buildWorld(deps, {
       routes: (identity) => [
         ...identity.map((route) => {
@@ -195,15 +320,23 @@ describe.each(DATABASE_KINDS)("the permission matrix on %s", (kind) => {
           return weakened ? { ...route, permission: weakened.served } : route;
         }),
         ...faulty,
+        ...axes.routes,
       ],
     });
     const spec: MatrixSpec = {
       ...MATRIX_SPEC,
       // What the test-only routes declare is committed here, as the real snapshot commits the real routes'.
-      snapshot: [...MATRIX_SPEC.snapshot, ...faulty.filter((r) => r.operationId !== UNLISTED).map(declarationOf)],
-      samples: { ...MATRIX_SPEC.samples, ...FAULTY_SAMPLES },
+      snapshot: [
+        ...MATRIX_SPEC.snapshot,
+        ...[...faulty, ...axes.routes].filter((r) => r.operationId !== UNLISTED).map(declarationOf),
+      ],
+      samples: { ...MATRIX_SPEC.samples, ...FAULTY_SAMPLES, ...axes.samples },
     };
-    const concerned = new Set([...Object.keys(WEAKENED), ...UNTOUCHED, ...faulty.map((r) => r.operationId)]);
+    const concerned = new Set([
+      ...Object.keys(WEAKENED),
+      ...UNTOUCHED,
+      ...[...faulty, ...axes.routes].map((r) => r.operationId),
+    ]);
     report = await runMatrix(
       world,
       spec,
@@ -261,7 +394,9 @@ describe.each(DATABASE_KINDS)("the permission matrix on %s", (kind) => {
 
   it("fails, saying why, on a route it cannot classify, has no sample for, or cannot build a request for", () => {
     const expectations: Record<string, string> = {
-      selfTestHook: "as owner on A: cannot classify: a route of kind public-tenant the matrix cannot classify",
+      selfTestHook: "as owner on A: cannot classify: a public-tenant route whose sample gives no self-test signature",
+      selfTestRecordsUnsampled:
+        "as member on A: cannot classify: a record-level check (anything) whose sample gives no records",
       selfTestUnknownPermission:
         "as member on A: cannot classify: no hand-written expectation for permission matrix.unheard-of",
       selfTestUnknownParameter: "as member on A: cannot build the request: the matrix cannot fill :widgetId",
@@ -272,6 +407,39 @@ describe.each(DATABASE_KINDS)("the permission matrix on %s", (kind) => {
     for (const [operationId, message] of Object.entries(expectations)) {
       expect(failuresOf(operationId), operationId).toContainEqual(expect.stringContaining(message));
     }
+  });
+
+  it("runs a record route for each actor on its own, a shared and a not-shared record, and passes a right check", () => {
+    expect(failuresOf(AXES.notes), describeFailures(report)).toEqual([]);
+    // 12 actors × (A and B × 3 records + the missing tenant).
+    expect(report.covered[AXES.notes]).toBe(12 * (2 * 3 + 1));
+  });
+
+  it("fails a record check that lets everyone read every note: each allowed actor reads a note not shared with it", () => {
+    const allowed = [
+      ...["owner", "admin", "member", "viewer", "key:owner", "key:admin", "key:member", "key:viewer"].map(
+        (actor) => `${actor} on A`,
+      ),
+      "outsider on B",
+    ];
+    const failures = failuresOf(AXES.notesOpen);
+    for (const who of allowed) {
+      expect(failures).toContainEqual(expect.stringContaining(` as ${who}, not-shared record: expected 404, got 200`));
+    }
+    expect(failures).toHaveLength(allowed.length);
+  });
+
+  it("passes a public-tenant route whose credential is bound to its tenant: no credential, a membership or the other tenant's credential is refused", () => {
+    expect(failuresOf(AXES.signed), describeFailures(report)).toEqual([]);
+    // 12 actors without a credential and each tenant's credential, on A, B and the missing tenant.
+    expect(report.covered[AXES.signed]).toBe((12 + 2) * 3);
+  });
+
+  it("fails a public-tenant route that accepts any tenant's credential: the replay on the other tenant's path is reported", () => {
+    expect(failuresOf(AXES.signedAnyTenant)).toEqual([
+      expect.stringContaining(" as anonymous with A's credential on B: expected 401, got 204"),
+      expect.stringContaining(" as anonymous with B's credential on A: expected 401, got 204"),
+    ]);
   });
 
   it("passes the untouched real routes run beside them, so the failures are the faults' alone", () => {

@@ -25,7 +25,9 @@ import { createTenant, type Tenant } from "../../src/platform/tenancy/tenants.ts
  * answer comes from the test's hand-written tables, never from the code under test. Two tenants, A and B;
  * every actor below; every target (A, B, a tenant id that does not exist). After every case the harness
  * checks that nothing of B came back to anyone who is not B's, and that a refused request changed nothing in
- * A or B (their tenant tables and registry rows, compared before and after).
+ * A or B (their tenant tables and registry rows, compared before and after). A route with a record-level
+ * check adds the record axis (own, shared, not shared; the sample names the records); a public-tenant route
+ * adds the credential axis (each tenant's credential, from the sample, on its own path and on the other's).
  */
 
 export const ACTORS = [
@@ -48,6 +50,13 @@ export type ActorName = (typeof ACTORS)[number];
 export const TARGETS = ["A", "B", "missing"] as const;
 export type Target = (typeof TARGETS)[number];
 export type Side = "A" | "B";
+
+/**
+ * The record axis of a route with a record-level check: a record the actor owns, one shared with it, one not
+ * shared with it. The first two pass the check, the last is refused as if it did not exist.
+ */
+export const RECORD_TARGETS = ["own", "shared", "not-shared"] as const;
+export type RecordTarget = (typeof RECORD_TARGETS)[number];
 
 /** The outsider is B's owner: the most that membership of another tenant can hold. */
 export const OUTSIDER_ROLE: MembershipRole = "owner";
@@ -109,6 +118,10 @@ export interface Case {
   target: Target | "-";
   /** Whether the case is expected to succeed with a method that may change state. */
   mutates: boolean;
+  /** For a route with a record-level check: which record the path names, in which parameter. */
+  record?: { target: RecordTarget; param: string; id: string };
+  /** For a public-tenant route: whose tenant's credential the request carries (none when absent). */
+  credential?: Side;
 }
 
 export interface BuildContext {
@@ -130,6 +143,15 @@ export interface Sample {
   before?: (ctx: BuildContext) => Promise<void>;
   /** After a case that succeeded: undoes what would disturb later cases (a suspended tenant). */
   after?: (ctx: BuildContext) => Promise<void>;
+  /**
+   * For a route with a record-level check: the path parameter that names the record, and the records of
+   * `side` as `actor` sees them: one it owns, one shared with it, one not shared with it (for an actor who is
+   * not a member of `side`, any three of its records). Asked once per actor and side, before the route's
+   * cases run; for an operation that changes its record, answer each call with new records.
+   */
+  records?: { param: string; of(actor: Acting, side: Side): Promise<Record<RecordTarget, string>> };
+  /** For a public-tenant route: the headers of a valid credential (a signature, a token) of `side`'s tenant. */
+  credential?: (side: Side, ctx: BuildContext) => Promise<Record<string, string>>;
 }
 
 export interface World {
@@ -425,6 +447,10 @@ export async function pathFor(ctx: BuildContext): Promise<string> {
     slug: () => "not-found",
     "*": () => "",
   };
+  if (c.record) {
+    const id = c.record.id;
+    values[c.record.param] = () => id;
+  }
   let path = c.route.url;
   for (const name of paramNames(c.route.url)) {
     const value = values[name];
@@ -469,11 +495,14 @@ export async function send(
     path: string;
     body?: Record<string, unknown> | undefined;
     query?: Record<string, string> | undefined;
+    /** Sent beside the actor's own (a public-tenant route's credential). */
+    headers?: Record<string, string> | undefined;
   },
 ): Promise<LightMyRequestResponse> {
   const headers: Record<string, string> = { "sec-fetch-site": "same-origin" };
   if (actor.cookie) headers.cookie = `${COOKIE}=${actor.cookie}`;
   if (actor.key) headers.authorization = `Bearer ${actor.key}`;
+  Object.assign(headers, request.headers);
   const response = await world.test.app.inject({
     method: request.method as "GET",
     url: request.path,
@@ -625,12 +654,14 @@ export async function runMatrix(
       path,
       body: sample.body?.(ctx),
       query: sample.query,
+      headers: c.credential ? await sample.credential?.(c.credential, ctx) : undefined,
     });
     if (response.statusCode !== expected) {
       report.failures.push(`${label}: expected ${expected}, got ${response.statusCode} ${response.body.slice(0, 200)}`);
     }
-    // Nothing of B reaches anyone who is not B's (the operator may see B in the registry of tenants).
-    if (c.actor.home !== "B") {
+    // Nothing of B reaches anyone who is not B's (the operator may see B in the registry of tenants); whoever
+    // holds B's credential is B's.
+    if ((c.credential ?? c.actor.home) !== "B") {
       const text = response.body.replaceAll(path, "");
       const registryAllowed = c.actor.name === "operator" && succeeded(response.statusCode);
       const leaked = [...markers.all].filter((m) => !(registryAllowed && markers.registry.has(m)) && text.includes(m));
@@ -658,21 +689,60 @@ export async function runMatrix(
     }
     const refused: Planned[] = [];
     const granted: Planned[] = [];
+    const plan = (c: Case, label: string) => {
+      const ctx: BuildContext = { world, case: c, unique: unique(), side: sideOf(world, c.target) };
+      report.cases += 1;
+      report.covered[route.operationId] = (report.covered[route.operationId] ?? 0) + 1;
+      try {
+        const expected = spec.expected(declared, c, ctx, sample);
+        c.mutates = succeeded(expected) && route.method !== "GET";
+        (succeeded(expected) ? granted : refused).push({ c, ctx, label, expected });
+      } catch (error) {
+        report.failures.push(`${label}: cannot classify: ${(error as Error).message}`);
+      }
+    };
+    const records = declared.record ? sample.records : undefined;
     for (const name of ACTORS) {
       for (const target of targetsOf(route)) {
         const label = `${where} as ${name} on ${target}`;
         const c: Case = { route, declared, actor: world.actors[name], target, mutates: false };
-        const ctx: BuildContext = { world, case: c, unique: unique(), side: sideOf(world, target) };
-        report.cases += 1;
-        report.covered[route.operationId] = (report.covered[route.operationId] ?? 0) + 1;
-        try {
-          const expected = spec.expected(declared, c, ctx, sample);
-          c.mutates = succeeded(expected) && route.method !== "GET";
-          (succeeded(expected) ? granted : refused).push({ c, ctx, label, expected });
-        } catch (error) {
-          report.failures.push(`${label}: cannot classify: ${(error as Error).message}`);
+        if (!records) {
+          plan(c, label);
+          continue;
+        }
+        if (target !== "A" && target !== "B") {
+          plan({ ...c, record: { target: "own", param: records.param, id: uuidv7() } }, label);
+          continue;
+        }
+        // Every actor gets all three, so a refusal before the record check is shown to hold for each of them.
+        const ids = await records.of(c.actor, target);
+        for (const record of RECORD_TARGETS) {
+          plan(
+            { ...c, record: { target: record, param: records.param, id: ids[record] } },
+            `${label}, ${record} record`,
+          );
         }
       }
+    }
+    if (declared.kind === "public-tenant") {
+      // The credential axis: each tenant's credential on its own path, on the other's, and on no tenant's.
+      for (const holder of ["A", "B"] as const) {
+        for (const target of targetsOf(route)) {
+          const c: Case = {
+            route,
+            declared,
+            actor: world.actors.anonymous,
+            target,
+            mutates: false,
+            credential: holder,
+          };
+          plan(c, `${where} as anonymous with ${holder}'s credential on ${target}`);
+        }
+      }
+    }
+    if (records) {
+      // Fixtures the records hook wrote are not the refused requests' doing.
+      for (const s of ["A", "B"] as const) baseline[s] = await dump.digest(world[s].tenant.id);
     }
 
     for (const planned of refused) await run(planned);
@@ -848,16 +918,27 @@ function expected(declared: Declaration, c: Case, ctx: BuildContext, sample: Sam
     case "tenant": {
       const allowed = ROLES_ALLOWED[declared.permission ?? ""];
       if (!allowed) throw new Error(`no hand-written expectation for permission ${declared.permission}`);
-      if (declared.record) throw new Error("record-level checks need the record axis, which no module has yet");
+      if (declared.record && !c.record) {
+        throw new Error(
+          `a record-level check (${declared.record}) whose sample gives no records (own, shared, not shared)`,
+        );
+      }
       if (actor.via === "none") return 401;
       // Another tenant, a tenant that does not exist, the operator, a guest: all told the tenant is not there.
       if (target === "missing" || actor.home !== target || actor.role === "guest") return 404;
       if (!allowed.includes(actor.role as Role)) return 403;
       if (actor.via === "key" && SESSION_ONLY.has(declared.operationId)) return 403;
+      // The kernel answers a record the check refuses as if it did not exist.
+      if (c.record?.target === "not-shared") return 404;
       return outcome(sample, ctx);
     }
+    case "public-tenant":
+      if (!sample.credential) throw new Error(`a public-tenant route whose sample gives no ${declared.credential}`);
+      if (target === "missing") return 404;
+      // A membership or session is no credential, and one tenant's credential opens no other tenant.
+      return c.credential === target ? outcome(sample, ctx) : 401;
     default:
-      throw new Error(`a route of kind ${declared.kind} the matrix cannot classify (public-tenant needs credentials)`);
+      throw new Error(`a route of kind ${declared.kind} the matrix cannot classify`);
   }
 }
 
