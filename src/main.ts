@@ -2,6 +2,7 @@ import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
 import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
 import { auditCommands } from "./platform/audit/cli.ts";
+import { createAudit } from "./platform/audit/index.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
 import { systemClock } from "./platform/clock.ts";
 import { createKeyRing } from "./platform/crypto/key-ring.ts";
@@ -17,7 +18,14 @@ import {
   UnsafeRuntimeRoleError,
 } from "./platform/db/index.ts";
 import { createMailer, mailOutboxCommand } from "./platform/mail/index.ts";
-import { controlSocketPath, operatorSetupLinkCommand, runDoctor, runMigrate, startServer } from "./server.ts";
+import {
+  controlSocketPath,
+  operatorSetupLinkCommand,
+  resetFactorsCommand,
+  runDoctor,
+  runMigrate,
+  startServer,
+} from "./server.ts";
 
 /** Another process holds the embedded database and no server answers on its control socket. */
 class ServerUnreachable extends Error {
@@ -167,6 +175,44 @@ program
     const cfg = config();
     const run = (db: Database) => operatorSetupLinkCommand({ db, clock: systemClock, config: cfg });
     report(await maintenance("operator-setup-link", cfg, run).catch(fail));
+  });
+
+program
+  .command("account")
+  .description("users' accounts")
+  .command("reset-factors")
+  .argument("<email>", "the address of the verified account")
+  .description(
+    "reset the sign-in factors (the password) of someone who lost them. It takes effect 72 hours later: the " +
+      "user is told by email at once and can cancel it by signing in; then their password stops working, every " +
+      "session ends and they get a link to choose a new one",
+  )
+  .action(async (email: string) => {
+    const cfg = config();
+    // A running server does it, on any database: its queue sends the user's notice. Without one, only mail
+    // kept in the outbox (no CHARTER_SMTP_URL) can be written here: nothing here could deliver the rest.
+    const served = await callControlSocket(controlSocketPath(cfg), "account-reset-factors", { email }).catch(
+      () => undefined,
+    );
+    if (served) report(served);
+    const direct = async (db: Database): Promise<CommandResult> => {
+      if (cfg.mail.smtp) {
+        return {
+          exitCode: 1,
+          output:
+            "charter: the user must be told by email, and mail is sent by the server: start it, then run this again",
+        };
+      }
+      const keyRing = createKeyRing({
+        db,
+        masterKey: loadMasterKey(cfg.masterKey, prepareDataDir(cfg.dataDir)),
+        clock: systemClock,
+      });
+      const mailer = createMailer({ db, keyRing, clock: systemClock, templates: APPLICATION_TEMPLATES });
+      const audit = createAudit({ db, keyRing, clock: systemClock });
+      return resetFactorsCommand({ db, clock: systemClock, keyRing, audit, mailer, config: cfg }, email);
+    };
+    report(await maintenance("account-reset-factors", cfg, direct, { email }).catch(fail));
   });
 
 auditCommands(

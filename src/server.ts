@@ -3,7 +3,13 @@ import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
-import { createIdentity } from "./modules/identity/index.ts";
+import {
+  type FactorResetDeps,
+  FactorResetError,
+  requestFactorReset,
+  scheduleFactorResets,
+} from "./modules/identity/factor-resets.ts";
+import { createIdentity, type IdentityDeps } from "./modules/identity/index.ts";
 import { ensureOperatorSetupLink, SETUP_LINK_MINUTES } from "./modules/identity/operator.ts";
 import { createPasswordHasher } from "./modules/identity/passwords.ts";
 import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
@@ -13,6 +19,7 @@ import { auditSocketHandlers } from "./platform/audit/cli.ts";
 import { AUDIT_CONTROLS } from "./platform/audit/controls.ts";
 import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
 import { type Clock, systemClock } from "./platform/clock.ts";
+import { NormalisationError } from "./platform/crypto/blind-index.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
 import { openJournal } from "./platform/crypto/journal.ts";
 import { type ReplayHandlers, replayJournal } from "./platform/crypto/journal-replay.ts";
@@ -90,6 +97,30 @@ export async function operatorSetupLinkCommand(deps: SetupDeps): Promise<Command
     : { exitCode: 1, output: "an operator exists already: setup links are for the first operator only" };
 }
 
+/** "2026-01-04 09:30": the minute a reset takes effect, in UTC. */
+const utcMinute = (at: Date) => at.toISOString().slice(0, 16).replace("T", " ");
+
+/**
+ * `charter account reset-factors <email>`: asks for a delayed reset of the sign-in factors of the verified
+ * account holding the address (its owner is mailed and can cancel it). Exit code 1 when refused.
+ */
+export async function resetFactorsCommand(deps: FactorResetDeps, email: unknown): Promise<CommandResult> {
+  if (typeof email !== "string") return { exitCode: 1, output: "charter: give the email address of the account" };
+  try {
+    const dueAt = await requestFactorReset(deps, email);
+    return {
+      exitCode: 0,
+      output:
+        `a reset of the sign-in factors of this account takes effect at ${utcMinute(dueAt)} UTC; ` +
+        "the user has been told by email and can cancel it by signing in",
+    };
+  } catch (error) {
+    if (error instanceof FactorResetError) return { exitCode: 1, output: `charter: ${error.message}` };
+    if (error instanceof NormalisationError) return { exitCode: 1, output: "charter: that is not an email address" };
+    throw error;
+  }
+}
+
 /** Reads a configured TLS file; a missing or unreadable one is a configuration mistake naming its variable. */
 function readTlsFile(variable: string, path: string): Buffer {
   try {
@@ -148,7 +179,7 @@ export async function startServer(
       templates: APPLICATION_TEMPLATES,
     });
     const { keyRing, jobs, mailer, audit, files } = services;
-    const identity = createIdentity({
+    const identityDeps: IdentityDeps = {
       db,
       clock,
       keyRing,
@@ -158,9 +189,11 @@ export async function startServer(
       passwords: createPasswordHasher(),
       files,
       config,
-    });
+    };
+    const identity = createIdentity(identityDeps);
     const checkpointWriter = { db, clock, dir: paths.checkpoints, signingKey };
     scheduleCheckpoints(jobs, checkpointWriter);
+    scheduleFactorResets(jobs, identityDeps);
     options.defineJobs?.(jobs);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
@@ -184,6 +217,7 @@ export async function startServer(
       migrate: () => runMigrate(db),
       "mail-outbox": () => mailOutboxCommand(mailer),
       "operator-setup-link": () => operatorSetupLinkCommand({ db, clock, config }),
+      "account-reset-factors": (args) => resetFactorsCommand(identityDeps, args.email),
       ...auditSocketHandlers(db, {
         dir: paths.checkpoints,
         clock,

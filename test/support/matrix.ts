@@ -821,6 +821,8 @@ const SAMPLES: Readonly<Record<string, Sample>> = {
   // Avatars (matrix actors have no picture of their own; each side's bystander has one)
   setAvatar: { body: () => ({ mediaType: "image/png", data: PNG_1X1 }), ok: 200 },
   removeAvatar: { ok: 204 },
+  // Factor resets (matrix actors have none pending)
+  cancelFactorReset: { ok: 404 },
   getOwnAvatar: { ok: 404 },
   getMemberAvatar: { ok: 200 },
   // Kernel

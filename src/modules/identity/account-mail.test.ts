@@ -11,6 +11,8 @@ describe("account mail", () => {
       "email-change-confirm",
       "email-change-existing-account",
       "email-changed-revert",
+      "factor-reset-requested",
+      "factors-reset",
       "password-changed",
       "password-reset",
       "password-reset-done",
@@ -21,7 +23,8 @@ describe("account mail", () => {
 
   it.each(identityTemplates.map((t) => t.name))("%s greets by name and carries the link, escaped in HTML", (name) => {
     const link = `https://charter.test/page#token=${TOKEN}`;
-    const mail = registry.render(name, { displayName: `Ada <b>"L"</b>`, link });
+    const at = name === "factor-reset-requested" ? { at: "2026-04-04T08:00:00.000Z" } : {};
+    const mail = registry.render(name, { displayName: `Ada <b>"L"</b>`, link, ...at });
     expect(mail.subject).not.toContain("Ada");
     expect(mail.text).toContain(`Hello Ada <b>"L"</b>,`);
     expect(mail.text).toContain(`\n${link}\n`);
@@ -47,5 +50,15 @@ describe("account mail", () => {
     const { text } = registry.render("email-changed-revert", { displayName: "Ada", link: "https://charter.test/x" });
     expect(text).toMatch(/7 days/);
     expect(text).toMatch(/reset your password/);
+  });
+
+  it("tells when a factor reset takes effect, in UTC, and needs that time", () => {
+    const data = { displayName: "Ada", link: "https://charter.test/account" };
+    const { text, html } = registry.render("factor-reset-requested", { ...data, at: "2026-04-04T08:00:00.000Z" });
+    expect(text).toContain("takes effect at 2026-04-04 08:00 UTC");
+    expect(html).toContain("takes effect at 2026-04-04 08:00 UTC");
+    expect(text).toMatch(/cancel it/);
+    expect(() => registry.parse("factor-reset-requested", data)).toThrow(MailTemplateError);
+    expect(() => registry.parse("factor-reset-requested", { ...data, at: "soon" })).toThrow(MailTemplateError);
   });
 });

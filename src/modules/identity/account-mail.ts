@@ -12,17 +12,32 @@ const data = z.strictObject({
   link: z.url({ protocol: /^https?$/ }),
 });
 
-type Data = z.output<typeof data>;
+/** The same, with a time (ISO 8601 in UTC, written as the reader sees it) that `{at}` places. */
+const dataWithTime = data.extend({ at: z.iso.datetime() });
 
-/** Renders a message from its paragraphs; `{link}` in a paragraph places the link. */
-function message(name: string, subject: string, paragraphs: readonly string[]): MailTemplate {
+type Data = z.output<typeof data> & { at?: string };
+
+/** "2026-01-04 09:30 UTC": a time anyone can read, whatever their locale. */
+const readableUtc = (iso: string) => `${iso.slice(0, 10)} ${iso.slice(11, 16)} UTC`;
+
+/**
+ * Renders a message from its paragraphs; `{link}` in a paragraph places the link, `{at}` the time of
+ * templates whose data has one.
+ */
+function message(
+  name: string,
+  subject: string,
+  paragraphs: readonly string[],
+  schema: typeof data | typeof dataWithTime = data,
+): MailTemplate {
   return defineTemplate({
     name,
-    data,
-    render: ({ displayName, link }: Data) => {
-      const text = [`Hello ${displayName},`, ...paragraphs.map((p) => p.replace("{link}", link))].join("\n\n");
+    data: schema,
+    render: ({ displayName, link, at }: Data) => {
+      const timed = paragraphs.map((p) => (at === undefined ? p : p.replace("{at}", readableUtc(at))));
+      const text = [`Hello ${displayName},`, ...timed.map((p) => p.replace("{link}", link))].join("\n\n");
       const markup = [html`<p>Hello ${displayName},</p>`.markup];
-      for (const paragraph of paragraphs) {
+      for (const paragraph of timed) {
         const [before = "", after] = paragraph.split("{link}");
         markup.push(
           after === undefined
@@ -93,6 +108,25 @@ export const emailChangedRevert = message(
   ],
 );
 
+export const factorResetRequested = message(
+  "factor-reset-requested",
+  "A reset of your Charter sign-in factors was requested",
+  [
+    "The operator of this Charter was asked to reset the sign-in factors of your account (your password), as is done for someone who has lost them.",
+    "The reset takes effect at {at}: your password then stops working, every session is signed out, and this address gets a link to choose a new password.",
+    "If you asked for this, you need do nothing. If you did not, sign in before then and cancel it from your account page:",
+    "{link}",
+  ],
+  dataWithTime,
+);
+
+export const factorsReset = message("factors-reset", "Your Charter sign-in factors were reset", [
+  "As announced, the sign-in factors of your Charter account were reset: your old password no longer works and every session was signed out.",
+  "To choose a new password, open this link:",
+  "{link}",
+  'The link is valid for 30 minutes and works once; after that, ask for a new one with "Forgot your password?" on the sign-in page.',
+]);
+
 /** The identity module's templates, registered with the mailer. */
 export const identityTemplates: readonly MailTemplate[] = [
   verifyEmail,
@@ -103,4 +137,6 @@ export const identityTemplates: readonly MailTemplate[] = [
   emailChangeConfirm,
   emailChangeExistingAccount,
   emailChangedRevert,
+  factorResetRequested,
+  factorsReset,
 ];

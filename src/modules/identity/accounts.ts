@@ -54,7 +54,7 @@ export const TOKEN_LIFETIME_MS: Readonly<Record<AccountTokenPurpose, number>> = 
 };
 
 /** The web app's page that redeems each token (it POSTs the token taken from the fragment). */
-const TOKEN_PAGES: Readonly<Record<AccountTokenPurpose, string>> = {
+export const TOKEN_PAGES: Readonly<Record<AccountTokenPurpose, string>> = {
   "verify-email": "/verify-email",
   "reset-password": "/reset-password",
   "change-email": "/confirm-email",
@@ -103,7 +103,8 @@ async function throttle(deps: IdentityDeps, key: RateKey, rule: RateRule): Promi
   }
 }
 
-const link = (deps: IdentityDeps, page: string, token?: string) => pageLink(deps.config.publicUrl, page, token);
+export const link = (deps: Pick<IdentityDeps, "config">, page: string, token?: string) =>
+  pageLink(deps.config.publicUrl, page, token);
 
 /** An auth event about a user on the actor's platform chain (security stream). */
 function securityEvent(
@@ -130,7 +131,7 @@ const ANONYMOUS: Actor = { kind: "anonymous", id: null };
 /** Issues a token for `purpose` (only its hash is stored); `email` travels with change and revert tokens. */
 async function issueToken(
   tx: Tx,
-  deps: IdentityDeps,
+  deps: Pick<IdentityDeps, "keyRing">,
   userId: string,
   purpose: AccountTokenPurpose,
   now: Date,
@@ -155,7 +156,7 @@ async function issueToken(
 }
 
 /** Makes the user's outstanding tokens of these purposes unusable (a newer one, or a change, supersedes them). */
-async function retireTokens(
+export async function retireTokens(
   tx: Tx,
   userId: string,
   purposes: readonly AccountTokenPurpose[],
@@ -237,14 +238,18 @@ async function moveAccount(
   return wiped;
 }
 
-/** The mail a user gets about their own account, at the address `to` (theirs, or their previous one). */
-function mailUser(
+/**
+ * The mail a user gets about their own account, at the address `to` (theirs, or their previous one);
+ * `extra` is what a template needs beyond the name and the link.
+ */
+export function mailUser(
   tx: Tx,
-  deps: IdentityDeps,
+  deps: Pick<IdentityDeps, "mailer">,
   user: Pick<UserRow, "id" | "display_name">,
   to: string,
   template: string,
   url: string,
+  extra: Record<string, string> = {},
 ) {
   return deps.mailer.send(tx, {
     personId: user.id,
@@ -252,8 +257,25 @@ function mailUser(
     channel: "email",
     to,
     template,
-    data: { displayName: user.display_name, link: url },
+    data: { displayName: user.display_name, link: url, ...extra },
   });
+}
+
+/**
+ * Mails the user a reset link (valid 30 minutes, single use) with `template`; earlier reset links stop
+ * working. Shared by the reset the user asks for and the factor reset the operator asked for.
+ */
+export async function mailResetLink(
+  tx: Tx,
+  deps: Pick<IdentityDeps, "keyRing" | "mailer" | "config">,
+  user: Pick<UserRow, "id" | "display_name">,
+  to: string,
+  template: string,
+  now: Date,
+): Promise<void> {
+  await retireTokens(tx, user.id, ["reset-password"], now);
+  const token = await issueToken(tx, deps, user.id, "reset-password", now);
+  await mailUser(tx, deps, user, to, template, link(deps, TOKEN_PAGES["reset-password"], token));
 }
 
 export interface SignUpInput {
@@ -346,10 +368,7 @@ export async function requestPasswordReset(
     const now = deps.clock.now();
     const user = await findVerifiedUserByEmail(tx, email.index);
     if (!user) return;
-    await retireTokens(tx, user.id, ["reset-password"], now);
-    const token = await issueToken(tx, deps, user.id, "reset-password", now);
-    const to = await userEmail(tx, deps.keyRing, user);
-    await mailUser(tx, deps, user, to, passwordReset.name, link(deps, TOKEN_PAGES["reset-password"], token));
+    await mailResetLink(tx, deps, user, await userEmail(tx, deps.keyRing, user), passwordReset.name, now);
     await deps.audit.record(tx, securityEvent("auth.password-reset-requested", ANONYMOUS, user.id, context));
   });
 }

@@ -6,6 +6,7 @@ import { identityTemplates } from "./account-mail.ts";
 import { accountRoutes } from "./account-routes.ts";
 import { apiKeyRoutes } from "./api-key-routes.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { factorResetRoutes } from "./factor-resets.ts";
 import { memberTemplates } from "./member-mail.ts";
 import { memberRoutes } from "./member-routes.ts";
 import { operatorRoutes } from "./operator-routes.ts";
@@ -31,6 +32,7 @@ export function createIdentity(deps: IdentityDeps): Identity {
       ...memberRoutes(deps),
       ...operatorRoutes(deps),
       ...apiKeyRoutes(deps),
+      ...factorResetRoutes(deps),
     ],
     accessControl: createAccessControl(deps),
   };

@@ -257,7 +257,21 @@ const apiKeys = defineTable("api_keys", {
   },
 });
 
-/** The identity module's tables: migration 0009. */
+const factorResets = defineTable("factor_resets", {
+  owner: "platform",
+  row: "one reset of a user's lost sign-in factors, asked for on the command line and delayed so the user can cancel it",
+  subject: { kind: "column", column: "user_id", of: "user" },
+  columns: {
+    id: auth("identifies the reset"),
+    user_id: auth("the account whose factors are reset"),
+    requested_at: auth("when the reset was asked for, shown to the user with the time it takes effect"),
+    due_at: auth("when the reset takes effect unless the user cancels it"),
+    cancelled_at: auth("when the user cancelled the reset"),
+    completed_at: auth("when the reset took effect"),
+  },
+});
+
+/** The identity module's tables: migrations 0009 and 0010. */
 export const identityInventory: ModuleInventory = {
   module: "identity",
   tables: [
@@ -271,5 +285,6 @@ export const identityInventory: ModuleInventory = {
     userTenants,
     invitations,
     apiKeys,
+    factorResets,
   ],
 };

@@ -13,6 +13,7 @@ declare module "../../platform/db/schema.ts" {
     user_tenants: UserTenantsTable;
     invitations: InvitationsTable;
     api_keys: ApiKeysTable;
+    factor_resets: FactorResetsTable;
   }
 }
 
@@ -158,4 +159,14 @@ export interface ApiKeysTable {
   last_used_at: NullableTime;
   revoked_at: NullableTime;
   revoked_by: ColumnType<string | null, string | null | undefined, string | null>;
+}
+
+/** Migration 0010. A reset of a user's lost sign-in factors, pending until due_at unless cancelled. */
+export interface FactorResetsTable {
+  id: string;
+  user_id: string;
+  requested_at: CreatedAt;
+  due_at: ColumnType<Date, Date | string, never>;
+  cancelled_at: NullableTime;
+  completed_at: NullableTime;
 }

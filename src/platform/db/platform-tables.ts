@@ -26,6 +26,7 @@ export const PLATFORM_TABLES: Readonly<Record<string, string>> = {
   session_tokens: "the tokens of those global sessions, by hash",
   operators: "the platform's operators, who belong to no tenant",
   operator_setup_tokens: "the one-time link that creates the first operator, before any tenant exists",
+  factor_resets: "delayed resets of a user's lost sign-in factors, asked for on the command line; global like the user",
   user_tenants: "which tenants a user is in, by user: read without crossing tenants' row-level security",
   "pgboss.version": "pg-boss: its schema version and maintenance claims",
   "pgboss.queue": "pg-boss: one row per job kind and its dead-letter queue, shared by all tenants",
