@@ -214,7 +214,9 @@ export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {})
     return createTestUser(deps, { email, displayName: `Matrix ${label} ${unique()}` });
   }
   async function newSession(userId: string): Promise<{ id: string; token: string }> {
-    const session = await db.withPlatform((tx) => createSession(tx, { userId, method: "password", now: now() }));
+    const session = await db.withPlatform((tx) =>
+      createSession(tx, { userId, factor: { method: "password" }, now: now() }),
+    );
     return { id: session.id, token: session.token };
   }
   async function join(tenantId: string, userId: string, role: MembershipRole): Promise<string> {

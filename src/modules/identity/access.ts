@@ -72,6 +72,8 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
       userId: session.userId,
       sessionId: session.id,
       viaReplacedToken: session.viaReplacedToken,
+      factors: session.factors,
+      signedInAt: session.createdAt,
     };
   }
 

@@ -58,6 +58,7 @@ const users = defineTable("users", {
     avatar_file_id: account("the user's picture, shown beside their display name (T7)"),
     password_hash: auth("checks the password at sign-in (Argon2id; the password itself is never stored)", WITH_ACCOUNT),
     password_changed_at: auth("when the password last changed, shown to the user", WITH_ACCOUNT),
+    webauthn_handle: auth("the random user handle the user's passkeys carry instead of their id (A2)", WITH_ACCOUNT),
     privilege_epoch: notPersonal("authentication", "a counter: sessions behind it rotate their token", WITH_ACCOUNT),
     created_at: account("when the account was created"),
     updated_at: account("when the account last changed"),
@@ -271,7 +272,77 @@ const factorResets = defineTable("factor_resets", {
   },
 });
 
-/** The identity module's tables: migrations 0009 and 0010. */
+const totpFactors = defineTable("totp_factors", {
+  owner: "platform",
+  row: "a user's authenticator app (TOTP, A2); unconfirmed while the enrolment awaits its first code",
+  subject: { kind: "column", column: "user_id", of: "user" },
+  columns: {
+    user_id: auth("the user the authenticator belongs to", WITH_ACCOUNT),
+    secret: personal("authentication", "checks the codes of the user's authenticator app; encrypted", WITH_ACCOUNT, {
+      keyScope: "person",
+      erasure: { action: "crypto-shred" },
+    }),
+    created_at: auth("when the enrolment started", WITH_ACCOUNT),
+    confirmed_at: auth("when the user proved the enrolment with a first code; only then is it a factor", WITH_ACCOUNT),
+    last_used_step: auth("the time step of the last code accepted: a code is never accepted twice", WITH_ACCOUNT),
+  },
+});
+
+const backupCodes = defineTable("backup_codes", {
+  owner: "platform",
+  row: "one single-use backup code for a user who lost their authenticator (A2)",
+  subject: { kind: "column", column: "user_id", of: "user" },
+  columns: {
+    id: auth("identifies the code", WITH_ACCOUNT),
+    user_id: auth("the user the code belongs to", WITH_ACCOUNT),
+    prefix: secret("finds the code's hash, so a guess costs one Argon2id check", WITH_ACCOUNT),
+    code_hash: secret("checks the code (Argon2id; the code itself is shown once)", WITH_ACCOUNT),
+    created_at: auth("when the code was issued", WITH_ACCOUNT),
+    used_at: auth("when the code was used: it works once", WITH_ACCOUNT),
+  },
+});
+
+const passkeys = defineTable("passkeys", {
+  owner: "platform",
+  row: "one passkey (WebAuthn credential) of a user: a first or second factor (A2)",
+  subject: { kind: "column", column: "user_id", of: "user" },
+  columns: {
+    id: auth("identifies the passkey, so the user can rename and remove it", WITH_ACCOUNT),
+    user_id: auth("the user the passkey belongs to", WITH_ACCOUNT),
+    credential_id: auth("the credential id the authenticator presents at sign-in", WITH_ACCOUNT),
+    public_key: auth("checks the authenticator's signatures", WITH_ACCOUNT),
+    sign_count: auth(
+      "the authenticator's signature counter: a cloned authenticator shows as a step back",
+      WITH_ACCOUNT,
+    ),
+    transports: auth("how the browser reaches the authenticator (USB, NFC, internal…)", WITH_ACCOUNT),
+    aaguid: auth("the authenticator's model, shown to the user", WITH_ACCOUNT),
+    device_type: auth("whether the passkey is bound to one device or synced", WITH_ACCOUNT),
+    backed_up: auth("whether the passkey is backed up (synced)", WITH_ACCOUNT),
+    name: auth("the name the user gave the passkey", WITH_ACCOUNT),
+    created_at: auth("when the passkey was registered", WITH_ACCOUNT),
+    last_used_at: auth("when the passkey was last used, shown to the user", WITH_ACCOUNT),
+  },
+});
+
+const webauthnChallenges = defineTable("webauthn_challenges", {
+  owner: "platform",
+  row: "one single-use WebAuthn challenge, bound to a session or a pre-authentication cookie",
+  subject: { kind: "column", column: "user_id", of: "user" },
+  columns: {
+    id: auth("identifies the challenge"),
+    purpose: notPersonal("authentication", "what the ceremony is for", NINETY_DAYS),
+    challenge: secret("the random challenge the authenticator signs"),
+    user_id: auth("the user the ceremony is for, when known"),
+    session_id: auth("the session the ceremony belongs to"),
+    binding_hash: secret("binds a passkey sign-in to the browser that started it (SHA-256 of a cookie)"),
+    created_at: auth("when the ceremony started"),
+    expires_at: auth("when the challenge stops working"),
+    used_at: auth("when the challenge was answered: it works once"),
+  },
+});
+
+/** The identity module's tables: migrations 0009 to 0011. */
 export const identityInventory: ModuleInventory = {
   module: "identity",
   tables: [
@@ -286,5 +357,9 @@ export const identityInventory: ModuleInventory = {
     invitations,
     apiKeys,
     factorResets,
+    totpFactors,
+    backupCodes,
+    passkeys,
+    webauthnChallenges,
   ],
 };

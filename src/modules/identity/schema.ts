@@ -14,6 +14,10 @@ declare module "../../platform/db/schema.ts" {
     invitations: InvitationsTable;
     api_keys: ApiKeysTable;
     factor_resets: FactorResetsTable;
+    totp_factors: TotpFactorsTable;
+    backup_codes: BackupCodesTable;
+    passkeys: PasskeysTable;
+    webauthn_challenges: WebauthnChallengesTable;
   }
 }
 
@@ -34,6 +38,8 @@ export interface UsersTable {
   /** Argon2id PHC string; null for an account without a password. */
   password_hash: ColumnType<string | null, string | null | undefined, string | null>;
   password_changed_at: NullableTime;
+  /** Migration 0011: the random WebAuthn user handle of the user's passkeys (created with the first one). */
+  webauthn_handle: ColumnType<Buffer | null, Buffer | null | undefined, Buffer | null>;
   privilege_epoch: ColumnType<number, number | undefined, number>;
   created_at: CreatedAt;
   updated_at: Time;
@@ -56,13 +62,22 @@ export interface AccountTokensTable {
   used_at: NullableTime;
 }
 
-/** One way the user proved who they are, kept on the session (A5; MFA and SSO add methods). */
+/** How a factor proved the user: methods that are something the user knows, and those they have. */
+export type FactorMethod = "password" | "email-link" | "totp" | "backup-code" | "passkey" | "sso";
+
+/** One way the user proved who they are, kept on the session in the order proven (A2, A3, A5). */
 export interface SessionFactor {
-  method: "password" | "email-link" | "totp" | "backup-code" | "passkey" | "sso";
+  method: FactorMethod;
   /** ISO 8601. */
   at: string;
-  /** For SSO: the tenant whose provider proved it (the factor counts there only). */
+  /** Passkeys: the authenticator verified the user (PIN or biometrics); only then is a passkey multi-factor. */
+  userVerified?: boolean;
+  /** SSO: the tenant whose provider proved it; the factor counts in that tenant only. */
   tenantId?: string;
+  /** SSO: the configuration that proved it. */
+  configurationId?: string;
+  /** SSO: the provider's `amr` included a value the tenant accepts as multi-factor. */
+  mfa?: boolean;
 }
 
 export type SessionState = "active" | "pending-second-factor";
@@ -169,4 +184,59 @@ export interface FactorResetsTable {
   due_at: ColumnType<Date, Date | string, never>;
   cancelled_at: NullableTime;
   completed_at: NullableTime;
+}
+
+/** Migration 0011. A user's authenticator app; confirmed_at null while the enrolment awaits its first code. */
+export interface TotpFactorsTable {
+  user_id: string;
+  /** Envelope of the base32 secret under the user's person key. */
+  secret: string;
+  created_at: CreatedAt;
+  confirmed_at: NullableTime;
+  /** The last accepted time step (unix seconds / 30); a code of that step or earlier is a replay. */
+  last_used_step: ColumnType<string | null, number | null | undefined, number | null>;
+}
+
+/** Migration 0011. Single-use backup codes, found by prefix and checked with Argon2id. */
+export interface BackupCodesTable {
+  id: string;
+  user_id: string;
+  prefix: string;
+  code_hash: string;
+  created_at: CreatedAt;
+  used_at: NullableTime;
+}
+
+export type PasskeyDeviceType = "singleDevice" | "multiDevice";
+
+/** Migration 0011. A registered WebAuthn credential. */
+export interface PasskeysTable {
+  id: string;
+  user_id: string;
+  credential_id: Buffer;
+  /** COSE public key. */
+  public_key: Buffer;
+  sign_count: ColumnType<string, number, number>;
+  transports: ColumnType<string[], string[] | undefined, string[]>;
+  aaguid: string | null;
+  device_type: PasskeyDeviceType;
+  backed_up: boolean;
+  name: string;
+  created_at: CreatedAt;
+  last_used_at: NullableTime;
+}
+
+export type WebauthnChallengePurpose = "register" | "sign-in" | "second-factor" | "reauthenticate";
+
+/** Migration 0011. A single-use WebAuthn challenge bound to a session or to a pre-authentication cookie. */
+export interface WebauthnChallengesTable {
+  id: string;
+  purpose: WebauthnChallengePurpose;
+  challenge: string;
+  user_id: string | null;
+  session_id: string | null;
+  binding_hash: Buffer | null;
+  created_at: CreatedAt;
+  expires_at: ColumnType<Date, Date | string, never>;
+  used_at: NullableTime;
 }

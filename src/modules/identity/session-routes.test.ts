@@ -375,7 +375,12 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   it("gives a half-session awaiting its second factor no principal on any current route", async () => {
     const user = await createTestUser(deps, { email: email() });
     const half = await t.db.withPlatform((tx) =>
-      createSession(tx, { userId: user.id, method: "password", now: clock.now(), state: "pending-second-factor" }),
+      createSession(tx, {
+        userId: user.id,
+        factor: { method: "password" },
+        now: clock.now(),
+        state: "pending-second-factor",
+      }),
     );
     expect(half.expiresAt.getTime() - clock.now().getTime()).toBe(5 * 60_000);
     const cookie = `${COOKIE}=${half.token}`;

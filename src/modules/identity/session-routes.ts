@@ -8,6 +8,7 @@ import { clearSessionCookie, readCookie, sessionCookieName, setSessionCookie } f
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { MAX_PASSWORD_LENGTH } from "./passwords.ts";
+import { hasSecondFactor } from "./second-factors.ts";
 import {
   createSession,
   isSessionPrincipal,
@@ -194,11 +195,13 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
               requestId: request.requestId,
             });
           }
+          // An enrolled second factor leaves the password's session half-open until it is proven (A2).
           const created = await createSession(tx, {
             userId: signedIn,
-            method: "password",
+            factor: { method: "password" },
             now,
             userAgent: raw.headers["user-agent"],
+            state: (await hasSecondFactor(tx, signedIn)) ? "pending-second-factor" : "active",
           });
           await audit.record(tx, {
             tenantId: null,
@@ -422,7 +425,7 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
       }
       const rotated = await db.withPlatform(
         async (tx) => {
-          const next = await reauthenticate(tx, principal.sessionId, token, "password", now);
+          const next = await reauthenticate(tx, principal.sessionId, token, { method: "password" }, now);
           if (next === undefined) return undefined;
           await audit.record(tx, {
             tenantId: null,

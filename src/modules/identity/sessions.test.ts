@@ -57,7 +57,7 @@ describe.each(DATABASE_KINDS)("session service on %s", (kind) => {
   const newSession = async () => {
     const user = await createTestUser(deps, { email: `s-${randomBytes(4).toString("hex")}@example.com` });
     const session = await t.db.withPlatform((tx) =>
-      createSession(tx, { userId: user.id, method: "password", now: clock.now() }),
+      createSession(tx, { userId: user.id, factor: { method: "password" }, now: clock.now() }),
     );
     return { user, session };
   };
@@ -70,6 +70,8 @@ describe.each(DATABASE_KINDS)("session service on %s", (kind) => {
       userId: user.id,
       sessionId: session.id,
       viaReplacedToken: false,
+      factors: [{ method: "password", at: clock.now().toISOString() }],
+      signedInAt: clock.now(),
     };
     await expect(requireRecentAuthentication(deps, principal)).resolves.toBeUndefined();
     await expect(

@@ -39,6 +39,10 @@ export interface SessionPrincipal extends Principal {
   sessionId: string;
   /** Presented a replaced token still in its grace period: it works, but is never recent authentication. */
   viaReplacedToken: boolean;
+  /** How the user authenticated in this session, in order (tenant policies are judged from these). */
+  factors: readonly SessionFactor[];
+  /** When the user signed in (tenant session lifetimes count from it). */
+  signedInAt: Date;
 }
 
 export function isSessionPrincipal(principal: Principal | null | undefined): principal is SessionPrincipal {
@@ -85,15 +89,18 @@ export interface NewSession {
   expiresAt: Date;
 }
 
+/** A factor just proven, as the session records it (the time is added when it is recorded). */
+export type ProvenFactor = Omit<SessionFactor, "at">;
+
 /**
- * Starts a session for a user who just proved `method`: a fresh token, the user's current privilege epoch,
+ * Starts a session for a user who just proved `factor`: a fresh token, the user's current privilege epoch,
  * and an absolute expiry (5 minutes for a half-session awaiting its second factor).
  */
 export async function createSession(
   tx: Tx,
   input: {
     userId: string;
-    method: SessionFactor["method"];
+    factor: ProvenFactor;
     now: Date;
     userAgent?: string | undefined;
     state?: SessionState;
@@ -109,7 +116,7 @@ export async function createSession(
   const id = uuidv7();
   const lifetime = state === "active" ? SESSION_ABSOLUTE_TIMEOUT_MS : PENDING_SECOND_FACTOR_TIMEOUT_MS;
   const expiresAt = new Date(now.getTime() + lifetime);
-  const factors: SessionFactor[] = [{ method: input.method, at: now.toISOString() }];
+  const factors: SessionFactor[] = [{ ...input.factor, at: now.toISOString() }];
   await tx
     .insertInto("sessions")
     .values({
@@ -160,6 +167,7 @@ export interface ResolvedSession {
   state: SessionState;
   factors: SessionFactor[];
   operator: boolean;
+  createdAt: Date;
   expiresAt: Date;
   /** The presented token was replaced and is in its grace period. */
   viaReplacedToken: boolean;
@@ -207,6 +215,7 @@ export async function resolveSession(
         "s.factors",
         "s.privilege_epoch",
         "s.last_seen_at",
+        "s.created_at",
         "s.expires_at",
         "s.revoked_at",
         "u.privilege_epoch as user_epoch",
@@ -255,6 +264,7 @@ export async function resolveSession(
         state: row.state,
         factors: row.factors,
         operator: row.operator_id !== null,
+        createdAt: row.created_at,
         expiresAt: row.expires_at,
         viaReplacedToken,
       },
@@ -291,27 +301,63 @@ export async function revokeSession(
   return Number(result.numUpdatedRows) > 0;
 }
 
+/** Appends a proven factor to the session's list. */
+async function appendFactor(tx: Tx, sessionId: string, factor: ProvenFactor, now: Date) {
+  const recorded: SessionFactor = { ...factor, at: now.toISOString() };
+  return tx
+    .updateTable("sessions")
+    .set({ factors: sql<string>`factors || ${JSON.stringify([recorded])}::jsonb` })
+    .where("id", "=", sessionId)
+    .returning(["expires_at", "created_at"])
+    .executeTakeFirstOrThrow();
+}
+
 /**
- * Step-up: the user proved `method` again. Appends the factor and issues a new token; the presented token
+ * Step-up: the user proved `factor` again. Appends the factor and issues a new token; the presented token
  * must be the current one (a token in its grace period cannot step up) and keeps the usual grace.
  */
 export async function reauthenticate(
   tx: Tx,
   sessionId: string,
   presented: string,
-  method: SessionFactor["method"],
+  factor: ProvenFactor,
   now: Date,
 ): Promise<{ token: string; expiresAt: Date } | undefined> {
   const token = await rotateToken(tx, sessionId, hashToken(presented), now);
   if (token === undefined) return undefined;
-  const factor: SessionFactor = { method, at: now.toISOString() };
-  const session = await tx
-    .updateTable("sessions")
-    .set({ factors: sql<string>`factors || ${JSON.stringify([factor])}::jsonb` })
-    .where("id", "=", sessionId)
-    .returning("expires_at")
-    .executeTakeFirstOrThrow();
+  const session = await appendFactor(tx, sessionId, factor, now);
   return { token, expiresAt: session.expires_at };
+}
+
+/**
+ * Completes a half-session: the user proved their second factor within PENDING_SECOND_FACTOR_TIMEOUT_MS. The
+ * session becomes active with the factor appended, a new token (the half-session's token is replaced, with the
+ * usual grace) and the absolute timeout counted from sign-in. Undefined when the session is not a live
+ * half-session or the token is not its current one (a concurrent completion won).
+ */
+export async function completeSecondFactor(
+  tx: Tx,
+  sessionId: string,
+  presented: string,
+  factor: ProvenFactor,
+  now: Date,
+): Promise<{ token: string; expiresAt: Date } | undefined> {
+  const pending = await tx
+    .updateTable("sessions")
+    .set({ state: "active" })
+    .where("id", "=", sessionId)
+    .where("state", "=", "pending-second-factor")
+    .where("revoked_at", "is", null)
+    .where("expires_at", ">", now)
+    .returning("created_at")
+    .executeTakeFirst();
+  if (!pending) return undefined;
+  const token = await rotateToken(tx, sessionId, hashToken(presented), now);
+  if (token === undefined) return undefined;
+  await appendFactor(tx, sessionId, factor, now);
+  const expiresAt = new Date(pending.created_at.getTime() + SESSION_ABSOLUTE_TIMEOUT_MS);
+  await tx.updateTable("sessions").set({ expires_at: expiresAt }).where("id", "=", sessionId).execute();
+  return { token, expiresAt };
 }
 
 /** Until when the factors count as recent authentication; null when none does any more. */
