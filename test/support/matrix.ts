@@ -790,6 +790,9 @@ const ROLES_ALLOWED: Readonly<Record<string, readonly Role[]>> = {
   "invitations.manage": ["owner", "admin"],
   "api-keys.personal": ["owner", "admin", "member", "viewer"],
   "api-keys.service": ["owner", "admin"],
+  "security.read": ["owner", "admin"],
+  "security.manage": ["owner", "admin"],
+  "audit.read": ["owner", "admin"],
 };
 
 /** Operations only a person who just signed in may do: an API key never can, whatever its role. */

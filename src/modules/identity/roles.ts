@@ -74,6 +74,21 @@ export const PERMISSIONS = {
     writes: true,
     description: "create, list and revoke the tenant's service keys and see every key",
   },
+  "security.read": {
+    roles: ADMINS,
+    writes: false,
+    description: "see the security policy, SSO configurations, verified domains and security alerts",
+  },
+  "security.manage": {
+    roles: ADMINS,
+    writes: true,
+    description: "change the security policy (break-glass owner: owners only), SSO configurations and domains",
+  },
+  "audit.read": {
+    roles: ADMINS,
+    writes: false,
+    description: "read, filter, export and verify the tenant's audit log",
+  },
 } as const satisfies Record<string, PermissionRule>;
 
 export type TenantPermission = keyof typeof PERMISSIONS;
