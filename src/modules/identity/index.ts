@@ -25,6 +25,7 @@ export const IDENTITY_TEMPLATES: readonly MailTemplate[] = [...identityTemplates
 
 /** The identity module: its routes and the access control every protected route goes through. */
 export function createIdentity(deps: IdentityDeps): Identity {
+  const access = createAccessControl(deps);
   return {
     routes: [
       ...accountRoutes(deps),
@@ -34,6 +35,6 @@ export function createIdentity(deps: IdentityDeps): Identity {
       ...apiKeyRoutes(deps),
       ...factorResetRoutes(deps),
     ],
-    accessControl: createAccessControl(deps),
+    accessControl: access,
   };
 }
