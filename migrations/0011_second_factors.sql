@@ -50,11 +50,12 @@ CREATE TABLE passkeys (
 CREATE INDEX passkeys_user ON passkeys (user_id);
 
 -- A WebAuthn challenge, single use and short-lived, bound to what asked for it: a session (registration,
--- second factor, step-up) or, for a passkey sign-in before anyone is known, a pre-authentication cookie whose
--- SHA-256 is kept here.
+-- second factor, step-up), or a secret whose SHA-256 is kept here: a pre-authentication cookie for a passkey
+-- sign-in before anyone is known, the reset link's token for a password reset's second factor.
 CREATE TABLE webauthn_challenges (
   id uuid PRIMARY KEY,
-  purpose text NOT NULL CHECK (purpose IN ('register', 'sign-in', 'second-factor', 'reauthenticate')),
+  purpose text NOT NULL
+    CHECK (purpose IN ('register', 'sign-in', 'second-factor', 'reauthenticate', 'password-reset')),
   challenge text NOT NULL CHECK (challenge ~ '^[A-Za-z0-9_-]{43,128}$'),
   user_id uuid REFERENCES users (id) ON DELETE CASCADE,
   session_id uuid REFERENCES sessions (id) ON DELETE CASCADE,

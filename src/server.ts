@@ -1,8 +1,10 @@
+import { resolveTxt } from "node:dns/promises";
 import { readFileSync } from "node:fs";
 import type { Server } from "node:net";
 import { join } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { type Config, ConfigError } from "./config.ts";
+import { auditLogRoutes } from "./modules/audit-log/index.ts";
 import {
   type FactorResetDeps,
   FactorResetError,
@@ -35,6 +37,7 @@ import type { AnyRoute } from "./platform/http/routes.ts";
 import type { Jobs } from "./platform/jobs/index.ts";
 import { createLogger } from "./platform/log.ts";
 import { mailOutboxCommand } from "./platform/mail/index.ts";
+import { createOutboundClient } from "./platform/net/index.ts";
 import { createRateLimiter } from "./platform/ratelimit/limiter.ts";
 import { createPlatformServices, type PlatformServices } from "./platform/services.ts";
 
@@ -189,6 +192,9 @@ export async function startServer(
       passwords: createPasswordHasher(),
       files,
       config,
+      // Tenants' identity providers are called under the platform's SSRF rules: public addresses only.
+      outbound: createOutboundClient({ userAgent: "Charter" }),
+      dns: { resolveTxt },
     };
     const identity = createIdentity(identityDeps);
     const checkpointWriter = { db, clock, dir: paths.checkpoints, signingKey };
@@ -205,7 +211,19 @@ export async function startServer(
       db,
       clock,
       rateLimiter,
-      routes: [...identity.routes, ...(options.routes ?? []), ...kernelRoutes({ db, app: self })],
+      routes: [
+        ...identity.routes,
+        // The audit log API verifies against the checkpoints this server signs.
+        ...auditLogRoutes({
+          db,
+          clock,
+          audit,
+          rateLimiter,
+          checkpoints: { dir: paths.checkpoints, verifier: signingKey },
+        }),
+        ...(options.routes ?? []),
+        ...kernelRoutes({ db, app: self }),
+      ],
       accessControl: identity.accessControl,
       ...(https ? { https } : {}),
       ...(options.log === undefined ? {} : { log: options.log }),

@@ -42,7 +42,7 @@ const digits = () => String(randomInt(10_000_000, 100_000_000));
  * the coverage test, so a new encrypted column cannot go unchecked. A file's content key is a random key, not
  * caller data: what it protects, the file's content, stands for it.
  */
-const WRITERS: Record<string, (s: SecretMarkers) => string[]> = {
+const WRITERS: Record<string, (s: SecretMarkers, issued: Record<string, string>) => string[]> = {
   "audit_events.personal": (s) => [s.tenantAuditDetail],
   "platform_audit_events.personal": (s) => [s.platformAuditDetail],
   "mail_messages.recipient": (s) => [s.tenantMailLocalPart, s.inviteeLocalPart],
@@ -56,6 +56,10 @@ const WRITERS: Record<string, (s: SecretMarkers) => string[]> = {
   "users.email": (s) => [s.accountLocalPart],
   "account_tokens.email": (s) => [s.newAddressLocalPart],
   "invitations.email": (s) => [s.inviteeLocalPart],
+  "sso_configurations.client_secret": (s) => [s.ssoClientSecret],
+  "sso_authorization_requests.checks": (s) => [s.ssoChecks],
+  // The server chooses the authenticator app's secret and hands it out once: what it handed out is the marker.
+  "totp_factors.secret": (_s, issued) => [issued.totpSecret ?? "no TOTP secret was handed out"],
 };
 
 const encryptedColumns = () =>
@@ -152,6 +156,8 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     newAddressLocalPart: marker(),
     inviteeLocalPart: marker(),
     password: marker(),
+    ssoClientSecret: marker(),
+    ssoChecks: marker(),
   };
   const control: ControlMarkers = {
     tenantName: marker(),
@@ -249,7 +255,7 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     expect(encryptedColumns()).toEqual(Object.keys(WRITERS).sort());
     expect(Object.keys(result.readBack).sort()).toEqual(encryptedColumns());
     for (const [column, markersOf] of Object.entries(WRITERS)) {
-      for (const expected of markersOf(secret)) {
+      for (const expected of markersOf(secret, result.issued)) {
         expect(
           result.readBack[column]?.some((value) => value.includes(expected)),
           `${column} holds ${expected}`,
@@ -278,14 +284,16 @@ describe.each(DATABASE_KINDS)("no plaintext at rest on %s (E2, L5)", (kind) => {
     expect(pgboss.some((h) => contains(h.bytes, "the handler threw Error"))).toBe(true);
   });
 
-  it("searches for each secret the server handed out: a session token and the tokens of three mailed links", () => {
-    expect(Object.keys(result.issued).sort()).toEqual([
+  it("searches for each secret the server handed out: a session token, three mailed links' tokens, a TOTP secret", () => {
+    const { totpSecret, ...tokens } = result.issued;
+    expect(Object.keys(tokens).sort()).toEqual([
       "emailChangeToken",
       "invitationToken",
       "sessionToken",
       "verificationToken",
     ]);
-    for (const [name, value] of Object.entries(result.issued)) expect(value, name).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    for (const [name, value] of Object.entries(tokens)) expect(value, name).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(totpSecret).toMatch(/^[A-Z2-7]{32,}$/);
   });
 
   it.each(PLACES)("finds no secret marker in the %s, and finds the control written there in plain text", (name) => {

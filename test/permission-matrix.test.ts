@@ -48,3 +48,23 @@ describe.each(DATABASE_KINDS)("permission matrix on %s", (kind) => {
     expect(Object.keys(report.covered).sort()).toEqual(world.routes.map((route) => route.operationId).sort());
   }, 300_000);
 });
+
+describe.each(DATABASE_KINDS)("permission matrix with MFA required on %s", (kind) => {
+  const clock = manualClock("2026-04-01T09:00:00.000Z");
+  let t: TestDatabase;
+  let world: World;
+
+  beforeAll(async () => {
+    t = await openTestDatabase(kind);
+    world = await buildWorld(createIdentityTestDeps(t.db, clock), { requireMfa: true });
+  });
+  afterAll(async () => {
+    await world?.close();
+    await t?.close();
+  });
+
+  it("answers every case as without the policy, for sessions that proved a second factor (A4)", async () => {
+    const report = await runMatrix(world, MATRIX_SPEC);
+    expect(report.failures.length, describeFailures(report)).toBe(0);
+  }, 300_000);
+});

@@ -9,6 +9,7 @@
  * the HTTP API as a browser would, lets the jobs run, reads every encrypted value back, shuts the server down
  * and writes what it read to the result file.
  */
+import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadConfig } from "../../src/config.ts";
 import { emailChangeConfirm, verifyEmail } from "../../src/modules/identity/account-mail.ts";
@@ -55,6 +56,10 @@ export interface SecretMarkers {
   inviteeLocalPart: string;
   /** The account's password: not an encrypted column but a secret stored nowhere, only its Argon2id hash. */
   password: string;
+  /** The client secret of a tenant's SSO configuration, given to the HTTP API. */
+  ssoClientSecret: string;
+  /** Stands for the PKCE verifier and nonce an SSO sign-in keeps while the browser is at the provider. */
+  ssoChecks: string;
 }
 
 /** Values written in plain text on purpose, one per place searched: the positive controls. */
@@ -151,6 +156,7 @@ interface AccountWrites {
   userId: string;
   tenantId: string;
   invitationId: string;
+  ssoConfigurationId: string;
   mails: MessageRef[];
   issued: Record<string, string>;
 }
@@ -214,18 +220,35 @@ async function writeAccounts(server: RunningServer, publicUrl: URL, secret: Secr
     }),
   );
   const invited = await tokenMailed(tenant.id, invitationMail.name);
+  // The same fresh sign-in starts an authenticator-app enrolment (totp_factors.secret, handed out once) and
+  // configures single sign-on with a client secret (sso_configurations.client_secret).
+  const totp = await json<{ secret: string }>(await call("POST", "/api/v1/me/totp", 201));
+  const sso = await json<{ id: string }>(
+    await call("POST", `/api/v1/tenants/${tenant.id}/sso/configurations`, 201, {
+      name: "At Rest IdP",
+      issuer: "https://idp.example.com",
+      clientId: "charter-at-rest",
+      clientSecret: secret.ssoClientSecret,
+      emailClaim: "email",
+      nameClaim: "name",
+      mfaAmrValues: [],
+      enabled: false,
+    }),
+  );
   // An invitation token is `<tenant id>.<secret>`: the tenant id is no secret, and is written in plain text.
   const invitationSecret = invited.token.slice(invited.token.indexOf(".") + 1);
   return {
     userId,
     tenantId: tenant.id,
     invitationId: invitation.id,
+    ssoConfigurationId: sso.id,
     mails: [verification.ref, change.ref, invited.ref],
     issued: {
       sessionToken: session,
       verificationToken: verification.token,
       emailChangeToken: change.token,
       invitationToken: invitationSecret,
+      totpSecret: totp.secret,
     },
   };
 }
@@ -419,6 +442,55 @@ async function main(planPath: string, resultPath: string): Promise<void> {
         .executeTakeFirstOrThrow();
       const binding: Binding = { tenantId: invitingTenant, table: "invitations", column: "email", rowId: invitationId };
       await recordEmail(tx, invitation.email, binding);
+    });
+    await db.withTenant({ tenantId: accounts.tenantId }, async (tx) => {
+      const { tenantId: ssoTenant, ssoConfigurationId: rowId } = accounts;
+      const configuration = await tx
+        .selectFrom("sso_configurations")
+        .select("client_secret")
+        .where("tenant_id", "=", ssoTenant)
+        .where("id", "=", rowId)
+        .executeTakeFirstOrThrow();
+      const binding: Binding = { tenantId: ssoTenant, table: "sso_configurations", column: "client_secret", rowId };
+      await recordEmail(tx, configuration.client_secret, binding);
+    });
+    await db.withPlatform(async (tx) => {
+      const { userId } = accounts;
+      const factor = await tx
+        .selectFrom("totp_factors")
+        .select("secret")
+        .where("user_id", "=", userId)
+        .executeTakeFirstOrThrow();
+      await recordEmail(tx, factor.secret, { tenantId: null, table: "totp_factors", column: "secret", rowId: userId });
+      // An SSO sign-in in flight, as the start of one seals it (the provider it would go to is not reachable here).
+      const id = uuidv7();
+      const binding: Binding = { tenantId: null, table: "sso_authorization_requests", column: "checks", rowId: id };
+      const now = new Date();
+      await tx
+        .insertInto("sso_authorization_requests")
+        .values({
+          id,
+          for_tenant: accounts.tenantId,
+          configuration_id: accounts.ssoConfigurationId,
+          state_hash: randomBytes(32),
+          binding_hash: randomBytes(32),
+          checks: await keyRing.encrypt(
+            tx,
+            { scope: "platform" },
+            JSON.stringify({ codeVerifier: secret.ssoChecks, nonce: secret.ssoChecks }),
+            binding,
+          ),
+          return_to: "/",
+          created_at: now,
+          expires_at: new Date(now.getTime() + 10 * 60_000),
+        })
+        .execute();
+      const stored = await tx
+        .selectFrom("sso_authorization_requests")
+        .select("checks")
+        .where("id", "=", id)
+        .executeTakeFirstOrThrow();
+      await recordEmail(tx, stored.checks, binding);
     });
     const result: AtRestResult = { readBack, jobStates, issued: accounts.issued };
     writeFileSync(resultPath, JSON.stringify(result));

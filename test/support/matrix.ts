@@ -2,6 +2,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import type { LightMyRequestResponse } from "fastify";
 import { sql } from "kysely";
+import { auditLogRoutes } from "../../src/modules/audit-log/index.ts";
+import { createAuditLogTestDeps } from "../../src/modules/audit-log/testing.ts";
 import { createApiKey } from "../../src/modules/identity/api-keys.ts";
 import { setAvatar } from "../../src/modules/identity/avatars.ts";
 import { sessionCookieName } from "../../src/modules/identity/cookies.ts";
@@ -10,7 +12,13 @@ import { createIdentity } from "../../src/modules/identity/index.ts";
 import { createInvitation } from "../../src/modules/identity/invitations.ts";
 import { addMembership } from "../../src/modules/identity/memberships.ts";
 import type { ApiKeyRole, MembershipRole } from "../../src/modules/identity/roles.ts";
-import { createSession } from "../../src/modules/identity/sessions.ts";
+import { createSession, reauthenticate } from "../../src/modules/identity/sessions.ts";
+import {
+  addConfiguration,
+  claimDomain,
+  ssoFixtures,
+  UNREACHABLE_ISSUER,
+} from "../../src/modules/identity/sso-testing.ts";
 import { setTenantSuspended } from "../../src/modules/identity/tenants.ts";
 import { createTestUser, TEST_PASSWORD, TEST_PUBLIC_URL } from "../../src/modules/identity/testing.ts";
 import { kernelRoutes } from "../../src/platform/http/kernel-routes.ts";
@@ -108,6 +116,9 @@ export interface SideFixtures {
   invitationId: string;
   /** A service key of the tenant. */
   keyId: string;
+  /** An SSO configuration of the tenant (its provider unreachable) and a domain it claimed (unverified). */
+  ssoConfigurationId: string;
+  ssoDomainId: string;
 }
 
 /** What a case sends, and what it may change: `mutates` cases run on throwaway fixtures and actors. */
@@ -163,6 +174,8 @@ export interface World {
   actors: Record<ActorName, Acting>;
   /** The addresses of each side's people (sealed in the database, so not found in its rows). */
   emails: Record<Side, string[]>;
+  /** Both tenants require MFA, and every session is multi-factor. */
+  requireMfa: boolean;
   /** A fresh actor like `actor` (its own user, membership, session or key) for a case that may change it. */
   clone(actor: Acting): Promise<Acting>;
   /** A fresh member of the side (role member), with a session, for operations that end or remove it. */
@@ -181,17 +194,24 @@ export const unique = () => `${Date.now().toString(36)}${(counter++).toString(36
 
 export interface WorldOptions {
   /**
-   * The module routes the app serves in place of the identity module's own (the kernel's are always added):
+   * The module routes the app serves in place of the modules' own (the kernel's are always added):
    * the self-test serves altered and test-only routes here to prove the matrix fails on them.
    */
-  routes?: (identity: AnyRoute[]) => AnyRoute[];
+  routes?: (modules: AnyRoute[]) => AnyRoute[];
+  /**
+   * Both tenants require MFA (A4), and every session of the world proved a password and a TOTP code: the
+   * answers must be the same as without the policy.
+   */
+  requireMfa?: boolean;
 }
 
-/** Every route of the application the matrix knows: the identity module's and the kernel's. */
+/** Every route of the application the matrix knows: the modules' (identity, audit log) and the kernel's. */
 export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {}): Promise<World> {
   const { db, clock } = deps;
   const identity = createIdentity(deps);
-  const served = options.routes?.(identity.routes) ?? identity.routes;
+  // The audit log API over a checkpoint directory of its own (empty: its exports carry no checkpoints).
+  const modules = [...identity.routes, ...auditLogRoutes(createAuditLogTestDeps(deps))];
+  const served = options.routes?.(modules) ?? modules;
   const test = await buildTestApp({
     db,
     clock,
@@ -213,11 +233,15 @@ export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {})
     if (label.startsWith("A-") || label.startsWith("B-")) emails[label.slice(0, 1) as Side].push(email);
     return createTestUser(deps, { email, displayName: `Matrix ${label} ${unique()}` });
   }
+  const requireMfa = options.requireMfa ?? false;
   async function newSession(userId: string): Promise<{ id: string; token: string }> {
-    const session = await db.withPlatform((tx) =>
-      createSession(tx, { userId, factor: { method: "password" }, now: now() }),
-    );
-    return { id: session.id, token: session.token };
+    return db.withPlatform(async (tx) => {
+      const session = await createSession(tx, { userId, factor: { method: "password" }, now: now() });
+      if (!requireMfa) return { id: session.id, token: session.token };
+      const stepped = await reauthenticate(tx, session.id, session.token, { method: "totp" }, now());
+      if (!stepped) throw new Error("the matrix could not add a second factor to a session");
+      return { id: session.id, token: stepped.token };
+    });
   }
   async function join(tenantId: string, userId: string, role: MembershipRole): Promise<string> {
     return db.withTenant({ tenantId }, (tx) => addMembership(tx, now(), { tenantId, userId, role, invitedBy: null }));
@@ -260,6 +284,14 @@ export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {})
       deps.keyRing,
       deps.audit,
     );
+    if (requireMfa) {
+      await db.withTenant({ tenantId: tenant.id }, (tx) =>
+        tx
+          .insertInto("security_policies")
+          .values({ tenant_id: tenant.id, id: uuidv7(), require_mfa: true, updated_at: now() })
+          .execute(),
+      );
+    }
     const owner = await member(tenant.id, "owner", `${label}-owner`);
     const bystander = await member(tenant.id, "member", `${label}-bystander`);
     // With a picture, an allowed read of the member avatar route answers 200, apart from a refusal's 404.
@@ -282,7 +314,13 @@ export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {})
     );
     const key = await newKey(tenant.id, creator, "viewer", "service");
     return {
-      fixtures: { tenant, bystander, invitationId: invitation.id, keyId: key.summary.id },
+      fixtures: {
+        tenant,
+        bystander,
+        invitationId: invitation.id,
+        keyId: key.summary.id,
+        ...(await ssoFixtures(deps, tenant.id)),
+      },
       owner,
     };
   }
@@ -368,6 +406,7 @@ export async function buildWorld(deps: IdentityDeps, options: WorldOptions = {})
     B: sides.B,
     actors,
     emails,
+    requireMfa,
     async clone(actor) {
       if (actor.via === "none") return actor;
       if (actor.name === "operator") return { ...(await operator()) };
@@ -439,6 +478,17 @@ export async function pathFor(ctx: BuildContext): Promise<string> {
       const own = c.route.url.includes("/api-keys/") ? c.actor.membershipId : undefined;
       return world.throwawayKey(targetSide(c), own);
     },
+    configurationId: async () => {
+      if (!side) return uuidv7();
+      if (!c.mutates) return side.ssoConfigurationId;
+      return (await addConfiguration(world.deps, side.tenant.id, { issuer: UNREACHABLE_ISSUER })).id;
+    },
+    domainId: async () => {
+      if (!side) return uuidv7();
+      return c.mutates
+        ? claimDomain(world.deps, side.tenant.id, `throwaway-${unique()}.matrix.test`)
+        : side.ssoDomainId;
+    },
     sessionId: async () => {
       if (missing) return uuidv7();
       const side_ = c.target as Side;
@@ -446,6 +496,10 @@ export async function pathFor(ctx: BuildContext): Promise<string> {
         return c.mutates ? world.extraSession(c.actor) : (c.actor.sessionId as string);
       return world[side_].bystander.sessionId;
     },
+    // A passkey nobody has: the routes answer one of someone else's exactly the same (404).
+    passkeyId: () => uuidv7(),
+    // An alert nobody has: another user's is answered exactly the same (404).
+    alertId: () => uuidv7(),
     slug: () => "not-found",
     "*": () => "",
   };
@@ -792,11 +846,23 @@ const ROLES_ALLOWED: Readonly<Record<string, readonly Role[]>> = {
   "api-keys.service": ["owner", "admin"],
   "security.read": ["owner", "admin"],
   "security.manage": ["owner", "admin"],
+  "security.break-glass": ["owner"],
   "audit.read": ["owner", "admin"],
 };
 
 /** Operations only a person who just signed in may do: an API key never can, whatever its role. */
-const SESSION_ONLY = new Set(["createApiKey", "createServiceKey"]);
+const SESSION_ONLY = new Set([
+  "createApiKey",
+  "createServiceKey",
+  "openBreakGlass",
+  "updateSecurityPolicy",
+  "createSsoConfiguration",
+  "updateSsoConfiguration",
+  "deleteSsoConfiguration",
+  "addSsoDomain",
+  "verifySsoDomain",
+  "removeSsoDomain",
+]);
 
 /** Routes for people with memberships: the operator holds none and is refused. */
 const usersOnly = (success: number | ((ctx: BuildContext) => number)) => (ctx: BuildContext) =>
@@ -822,6 +888,27 @@ function moveTenant(move: "suspend" | "reinstate") {
 /** A real 1×1 PNG, base64: the picture the avatar routes are sent. */
 const PNG_1X1 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNkYAAAAAYAAjCB0C8AAAAASUVORK5CYII=";
 
+/** Client data of a WebAuthn ceremony for a challenge no one issued. */
+const unknownClientData = () =>
+  Buffer.from(
+    JSON.stringify({ type: "webauthn.get", challenge: "A".repeat(43), origin: TEST_PUBLIC_URL.origin }),
+  ).toString("base64url");
+/** Well-formed passkey responses that answer no challenge of ours. */
+const passkeyRegistration = () => ({
+  id: "A".repeat(43),
+  rawId: "A".repeat(43),
+  type: "public-key",
+  response: { clientDataJSON: unknownClientData(), attestationObject: "oA" },
+  clientExtensionResults: {},
+});
+const passkeyAssertion = () => ({
+  id: "A".repeat(43),
+  rawId: "A".repeat(43),
+  type: "public-key",
+  response: { clientDataJSON: unknownClientData(), authenticatorData: "AA", signature: "AA" },
+  clientExtensionResults: {},
+});
+
 const SAMPLES: Readonly<Record<string, Sample>> = {
   // Avatars (matrix actors have no picture of their own; each side's bystander has one)
   setAvatar: { body: () => ({ mediaType: "image/png", data: PNG_1X1 }), ok: 200 },
@@ -830,6 +917,49 @@ const SAMPLES: Readonly<Record<string, Sample>> = {
   cancelFactorReset: { ok: 404 },
   getOwnAvatar: { ok: 404 },
   getMemberAvatar: { ok: 200 },
+  // Authenticator app and backup codes (issue 6; matrix actors have none, and no half-session)
+  getTotp: { ok: 200 },
+  startTotpEnrolment: { ok: 201 },
+  confirmTotpEnrolment: { body: () => ({ code: "000000" }), ok: 409 },
+  regenerateBackupCodes: { ok: 409 },
+  removeTotp: { ok: 404 },
+  completeSecondFactor: { body: () => ({ totpCode: "000000" }), ok: 401 },
+  reauthenticateWithTotp: { body: () => ({ code: "000000" }), ok: 409 },
+  // Tenant security policy (issue 6). The matrix actors signed in with a password only.
+  getSecurityPolicy: { ok: 200 },
+  updateSecurityPolicy: {
+    body: (ctx) => ({
+      requireMfa: ctx.world.requireMfa,
+      requireSso: false,
+      sessionLifetimeMinutes: null,
+      allowedMethods: ["password", "passkey", "sso"],
+      allowPersonalKeys: true,
+      allowServiceKeys: true,
+      breakGlassMembershipId: null,
+    }),
+    ok: 200,
+  },
+  // The matrix tenants do not require SSO: there is no glass to break.
+  openBreakGlass: { ok: 409 },
+  // Passkeys (issue 6; matrix actors have none, no half-session, and no ceremony under way)
+  listPasskeys: { ok: 200 },
+  startPasskeyRegistration: { ok: 200 },
+  registerPasskey: { body: () => ({ name: "Matrix key", response: passkeyRegistration() }), ok: 400 },
+  renamePasskey: { body: () => ({ name: "Renamed" }), ok: 404 },
+  removePasskey: { ok: 404 },
+  startPasskeySignIn: { ok: 200 },
+  signInWithPasskey: { body: () => ({ response: passkeyAssertion() }), ok: 401 },
+  startPasskeySecondFactor: { ok: 401 },
+  completeSecondFactorWithPasskey: { body: () => ({ response: passkeyAssertion() }), ok: 401 },
+  startPasskeyReauthentication: { ok: 409 },
+  reauthenticateWithPasskey: { body: () => ({ response: passkeyAssertion() }), ok: 403 },
+  startPasskeyPasswordReset: { body: () => ({ token: "A".repeat(43) }), ok: 400 },
+  // Audit log (issue 6, L4): reads, exports and verification of A's log; the matrix actors' own events
+  listAuditEvents: { ok: 200 },
+  exportAuditEventsCsv: { ok: 200 },
+  exportAuditChains: { ok: 200 },
+  verifyAuditLog: { ok: 200 },
+  listMySecurityEvents: { ok: 200 },
   // Kernel
   getHealth: { ok: 200 },
   getReadiness: { ok: 200 },
@@ -905,6 +1035,34 @@ const SAMPLES: Readonly<Record<string, Sample>> = {
   },
   listServiceKeys: { ok: 200 },
   revokeServiceKey: { ok: 204 },
+  // Single sign-on (issue 6). Each side has a configuration whose provider the outbound client refuses (the
+  // start answers 503 once past the route's guard) and an unverified domain (no TXT record: verifying is 409).
+  listSsoConfigurations: { ok: 200 },
+  createSsoConfiguration: {
+    body: (ctx) => ({
+      name: `Matrix ${ctx.unique}`,
+      issuer: UNREACHABLE_ISSUER,
+      clientId: `matrix-${ctx.unique}`,
+      clientSecret: "matrix secret",
+    }),
+    ok: 201,
+  },
+  getSsoConfiguration: { ok: 200 },
+  updateSsoConfiguration: { body: (ctx) => ({ name: `Renamed ${ctx.unique}` }), ok: 200 },
+  deleteSsoConfiguration: { ok: 204 },
+  listSsoDomains: { ok: 200 },
+  addSsoDomain: { body: (ctx) => ({ domain: `added-${ctx.unique}.matrix.test` }), ok: 201 },
+  verifySsoDomain: { ok: 409 },
+  removeSsoDomain: { ok: 204 },
+  startSsoSignIn: { ok: (ctx) => (ctx.case.target === "missing" ? 404 : 503) },
+  // The provider's answer without a state: refused before anything is looked up.
+  completeSsoSignIn: { ok: 400 },
+  // No SSO sign-in waits in the matrix's browsers.
+  confirmSsoLink: { ok: 404 },
+  // Alerts (issue 6; the path names an alert nobody has)
+  listMyAlerts: { ok: 200 },
+  markAlertRead: { ok: 404 },
+  listTenantAlerts: { ok: 200 },
 };
 
 const outcome = (sample: Sample, ctx: BuildContext) => (typeof sample.ok === "number" ? sample.ok : sample.ok(ctx));

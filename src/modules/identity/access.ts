@@ -4,12 +4,15 @@ import type { AccessControl, TenantAccess } from "../../platform/http/app.ts";
 import type { Grant, Principal } from "../../platform/http/routes.ts";
 import { findTenant } from "../../platform/tenancy/tenants.ts";
 import { parseApiKey, type VerifiedApiKey, verifyApiKey } from "./api-keys.ts";
+import { BREAK_GLASS_PERMISSION, BREAK_GLASS_REACHES, openBreakGlass } from "./break-glass.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { activeMembership } from "./memberships.ts";
+import { hasAccountFactor, judgeApiKey, judgeSession, type PolicyDecision, type SecurityPolicy } from "./policy.ts";
 import { isTenantPermission, type MembershipRole, roleAllows, statusAllows, type TenantPermission } from "./roles.ts";
 import type { SessionState } from "./schema.ts";
+import { loadPolicy } from "./security-policies.ts";
 import { isSessionPrincipal, resolveSession, type SessionPrincipal } from "./sessions.ts";
 
 /**
@@ -31,6 +34,16 @@ function isApiKeyPrincipal(principal: Principal): principal is ApiKeyPrincipal {
 }
 
 const BEARER = /^Bearer\s+(\S+)$/i;
+
+/** What a session holding only SSO factors may do outside its tenant: see and end itself, list its tenants. */
+const SSO_SESSION_OPERATIONS: ReadonlySet<string> = new Set([
+  "getCurrentSession",
+  "signOut",
+  "listSessions",
+  "revokeSession",
+  "revokeAllSessions",
+  "listMyTenants",
+]);
 
 /**
  * The session states a route accepts. Every route of this issue takes only full sessions; issue 6 adds a
@@ -98,25 +111,66 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
     return { kind: "api-key", actorId: key?.id ?? parsed.id, tenantId, key };
   }
 
+  /**
+   * The tenant check of every request, in one transaction of the tenant: its status, the caller's grant, and
+   * its security policy judged by `judge` (A4).
+   */
   async function check(
     tenantId: string,
     permission: TenantPermission,
     member: (tx: Tx) => Promise<Grant | undefined>,
+    judge: (tx: Tx, policy: SecurityPolicy, grant: Grant) => Promise<PolicyDecision>,
   ): Promise<TenantAccess> {
-    const { tenant, grant } = await db.withTenant({ tenantId }, async (tx) => ({
-      tenant: await findTenant(tx, tenantId),
-      grant: await member(tx),
-    }));
-    if (!tenant || tenant.status === "deleted" || !grant || grant.role === "guest") return { outcome: "not-member" };
-    if (!statusAllows(tenant.status, permission)) {
+    const verdict = await db.withTenant({ tenantId }, async (tx) => {
+      const tenant = await findTenant(tx, tenantId);
+      const grant = await member(tx);
+      if (!tenant || tenant.status === "deleted" || !grant || grant.role === "guest") return undefined;
+      if (!statusAllows(tenant.status, permission)) return { tenant, grant, policy: undefined };
+      return { tenant, grant, policy: await judge(tx, await loadPolicy(tx, tenantId), grant) };
+    });
+    if (!verdict) return { outcome: "not-member" };
+    const { tenant, grant, policy } = verdict;
+    if (policy === undefined) {
       return tenant.status === "suspended"
         ? { outcome: "forbidden", slug: "tenant-suspended", detail: "this organization is suspended" }
         : { outcome: "forbidden", slug: "tenant-read-only", detail: "this organization is read-only" };
     }
+    if (policy.outcome === "refused") return { outcome: "forbidden", slug: policy.slug, detail: policy.detail };
     if (!roleAllows(grant.role as MembershipRole, permission)) {
       return { outcome: "forbidden", detail: `your role (${grant.role}) does not allow this` };
     }
     return { outcome: "granted", grant };
+  }
+
+  /**
+   * The policy's verdict on a session in the tenant. The designated owner's open break-glass lets their session
+   * reach the security settings, whatever the policy says, and every such request is audited; opening it is
+   * judged by its route (break-glass.ts), not by the policy it exists to get past.
+   */
+  async function judgeSessionIn(
+    tx: Tx,
+    policy: SecurityPolicy,
+    principal: SessionPrincipal,
+    tenantId: string,
+    permission: TenantPermission,
+    grant: Grant,
+    requestId: string,
+  ): Promise<PolicyDecision> {
+    if (permission === BREAK_GLASS_PERMISSION) return { outcome: "allowed" };
+    const now = clock.now();
+    const decision = judgeSession(policy, principal, tenantId, now);
+    if (decision.outcome === "allowed" || !BREAK_GLASS_REACHES.has(permission)) return decision;
+    if (!(await openBreakGlass(tx, tenantId, principal.sessionId, grant.membershipId, now))) return decision;
+    await deps.audit.record(tx, {
+      tenantId,
+      stream: "security",
+      actor: { kind: "user", id: grant.actorId },
+      action: "auth.break-glass-access",
+      target: { type: "tenant", id: tenantId },
+      details: { permission },
+      requestId,
+    });
+    return { outcome: "allowed" };
   }
 
   return {
@@ -130,10 +184,17 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
         if (bearer === undefined || tenantId === undefined) return null;
         return apiKeyPrincipal(bearer, tenantId);
       }
-      return sessionPrincipal(request, reply, ["active"]);
+      const principal = await sessionPrincipal(request, reply, ["active"]);
+      // A session opened by SSO alone opens only the tenant whose provider proved it (judged per tenant by the
+      // policy): of the routes outside tenants it reaches only its own session and the list of its tenants.
+      if (principal && tenantId === undefined && !hasAccountFactor(principal.factors)) {
+        const operation = request.routeOptions.config.charterRoute?.operationId;
+        if (operation === undefined || !SSO_SESSION_OPERATIONS.has(operation)) return null;
+      }
+      return principal;
     },
 
-    async authorize(principal, tenantId, permission) {
+    async authorize(principal, tenantId, permission, { requestId }) {
       if (!isTenantPermission(permission)) {
         return { outcome: "forbidden", detail: "this operation declares a permission that does not exist" };
       }
@@ -141,18 +202,24 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
       if (isApiKeyPrincipal(principal)) {
         const key = principal.key;
         if (!key || principal.tenantId !== tenantId) return { outcome: "not-member" };
-        return check(tenantId, permission, async () => ({
-          actorId: key.id,
-          membershipId: key.membershipId,
-          role: key.role,
-        }));
+        return check(
+          tenantId,
+          permission,
+          async () => ({ actorId: key.id, membershipId: key.membershipId, role: key.role }),
+          async (_tx, policy) => judgeApiKey(policy, key.kind),
+        );
       }
       if (!isSessionPrincipal(principal)) return { outcome: "not-member" };
       const userId = principal.userId;
-      return check(tenantId, permission, async (tx) => {
-        const membership = await activeMembership(tx, tenantId, userId);
-        return membership && { actorId: membership.id, membershipId: membership.id, role: membership.role };
-      });
+      return check(
+        tenantId,
+        permission,
+        async (tx) => {
+          const membership = await activeMembership(tx, tenantId, userId);
+          return membership && { actorId: membership.id, membershipId: membership.id, role: membership.role };
+        },
+        (tx, policy, grant) => judgeSessionIn(tx, policy, principal, tenantId, permission, grant, requestId),
+      );
     },
   };
 }

@@ -25,8 +25,10 @@ import {
   sendAvatar,
   setAvatar,
 } from "./avatars.ts";
+import { codeAnswer } from "./code-factors.ts";
 import { assertNotForged } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { passkeyAnswer } from "./passkey-schemas.ts";
 import { isSessionPrincipal, requireRecentAuthentication } from "./sessions.ts";
 
 /** The account routes (issue 5, item 1): sign-up and its verification, passwords, the own profile and address. */
@@ -125,7 +127,7 @@ export function accountRoutes(deps: IdentityDeps): AnyRoute[] {
       tags: TAGS,
       permission: PUBLIC,
       body: z.object({ token }),
-      response: { 204: z.null(), 400: problemSchema },
+      response: { 204: z.null(), 400: problemSchema, 429: problemSchema },
       handler: async (request, reply) => {
         await verifyEmail(deps, request.body.token, context(request));
         return reply.code(204).send();
@@ -167,8 +169,15 @@ export function accountRoutes(deps: IdentityDeps): AnyRoute[] {
       summary: "Set a new password with a reset link; every session of the account ends",
       tags: TAGS,
       permission: PUBLIC,
-      body: z.object({ token, password }),
-      response: { 204: z.null(), 400: problemSchema },
+      body: z.object({
+        token,
+        password,
+        secondFactor: z
+          .union([codeAnswer, passkeyAnswer])
+          .optional()
+          .describe("Required when the account has a second factor: a code, or a passkey's assertion"),
+      }),
+      response: { 204: z.null(), 400: problemSchema, 401: problemSchema, 429: problemSchema },
       handler: async (request, reply) => {
         await completePasswordReset(deps, request.body, context(request));
         return reply.code(204).send();

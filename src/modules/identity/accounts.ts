@@ -15,11 +15,31 @@ import {
   verifyEmail as verifyEmailMail,
 } from "./account-mail.ts";
 import { ownAvatarUrl } from "./avatars.ts";
+import {
+  backupCodeUsed,
+  type CodeAnswer,
+  type CodeProof,
+  checkCodeAnswer,
+  recordCodeRefused,
+  spendCodeProof,
+  throttleSecondFactor,
+} from "./code-factors.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { pageLink } from "./links.ts";
+import { type PasskeyAssertion, toAssertionJSON } from "./passkey-schemas.ts";
+import {
+  claimPasskeyUse,
+  PasskeyFailure,
+  type ProvenPasskey,
+  recordPasskeyFailure,
+  resetLinkBinding,
+  verifyAssertion,
+} from "./passkeys.ts";
 import { assertStrongPassword } from "./passwords.ts";
 import { ACCOUNT_TOKEN_PURPOSES, type AccountTokenPurpose, type AccountTokensTable } from "./schema.ts";
+import { hasSecondFactor } from "./second-factors.ts";
 import { revokeUserSessions } from "./sessions.ts";
+import { checkBackoff, linkBackoffTargets, recordFailureAfterRollback } from "./throttle.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
 import {
   createUser,
@@ -175,8 +195,18 @@ export async function retireTokens(
  * The unused, unexpired token of `purpose` presented, locked for the rest of the transaction so that two
  * redemptions at once cannot both succeed; anything else is refused with one and the same answer.
  */
-async function redeemable(tx: Tx, purpose: AccountTokenPurpose, token: string, now: Date): Promise<TokenRow> {
-  if (!isTokenShaped(token)) throw invalidLink();
+async function redeemable(
+  tx: Tx,
+  purpose: AccountTokenPurpose,
+  token: string,
+  now: Date,
+  onInvalid?: () => void,
+): Promise<TokenRow> {
+  const refused = () => {
+    onInvalid?.();
+    return invalidLink();
+  };
+  if (!isTokenShaped(token)) throw refused();
   const row = await tx
     .selectFrom("account_tokens")
     .selectAll()
@@ -184,7 +214,7 @@ async function redeemable(tx: Tx, purpose: AccountTokenPurpose, token: string, n
     .where("purpose", "=", purpose)
     .forUpdate()
     .executeTakeFirst();
-  if (!row || row.used_at !== null || row.expires_at.getTime() <= now.getTime()) throw invalidLink();
+  if (!row || row.used_at !== null || row.expires_at.getTime() <= now.getTime()) throw refused();
   return row;
 }
 
@@ -323,9 +353,13 @@ export async function signUp(deps: IdentityDeps, input: SignUpInput, context: Re
 
 /** Redeems a verification token: the account becomes the address's verified owner. */
 export async function verifyEmail(deps: IdentityDeps, token: string, context: RequestContext): Promise<void> {
+  const backoff = linkBackoffTargets("verification", context.address);
+  await checkBackoff(deps, backoff);
   await deps.db.withPlatform(async (tx) => {
     const now = deps.clock.now();
-    const row = await redeemable(tx, "verify-email", token, now);
+    const row = await redeemable(tx, "verify-email", token, now, () =>
+      recordFailureAfterRollback(deps, backoff, { requestId: context.requestId, actor: ANONYMOUS, userId: null }),
+    );
     const user = await existingUser(tx, row.user_id);
     const wiped = await claimAddress(tx, user.id, user.email_index);
     await tx.updateTable("users").set({ email_verified_at: now, updated_at: now }).where("id", "=", user.id).execute();
@@ -374,30 +408,121 @@ export async function requestPasswordReset(
 }
 
 /**
+ * What a password reset presents as the second factor: a typed code, or a passkey's assertion over the
+ * challenge of POST /api/v1/accounts/password-reset/passkey-options, asked for with the same link.
+ */
+export type ResetSecondFactor = CodeAnswer | { passkey: PasskeyAssertion };
+type ResetProof = CodeProof | { method: "passkey"; passkey: ProvenPasskey };
+
+/** The account a live reset link is for, redeeming nothing (for the options of its passkey ceremony). */
+export async function passwordResetAccount(deps: IdentityDeps, token: string): Promise<string> {
+  return deps.db.withPlatform(async (tx) => (await redeemable(tx, "reset-password", token, deps.clock.now())).user_id);
+}
+
+/** A passkey's assertion for a reset: the challenge must be the one asked for with this very link. */
+async function proveResetPasskey(
+  deps: IdentityDeps,
+  input: { userId: string; token: string; assertion: PasskeyAssertion },
+  context: RequestContext,
+): Promise<ResetProof> {
+  try {
+    const passkey = await verifyAssertion(deps, {
+      purpose: "password-reset",
+      binding: resetLinkBinding(input.token),
+      userId: input.userId,
+      response: toAssertionJSON(input.assertion),
+      now: deps.clock.now(),
+    });
+    return { method: "passkey", passkey };
+  } catch (error) {
+    if (!(error instanceof PasskeyFailure)) throw error;
+    await recordPasskeyFailure(deps, {
+      purpose: "password-reset",
+      failure: error,
+      subjectId: input.userId,
+      requestId: context.requestId,
+    });
+    throw new HttpProblem("second-factor-required", "the passkey was not accepted; ask for its options again");
+  }
+}
+
+/** Spends a proven second factor in the reset's transaction; false when a concurrent request spent it first. */
+function spendResetProof(tx: Tx, userId: string, proof: ResetProof, now: Date): Promise<boolean> {
+  return proof.method === "passkey" ? claimPasskeyUse(tx, proof.passkey, now) : spendCodeProof(tx, userId, proof, now);
+}
+
+/**
+ * Proves the second factor of an account that has one, for a password reset: a reset link proves control of
+ * the mailbox only, which must not be enough to take over an account protected by more (A2). Nothing is
+ * spent yet: the caller spends the proof in the transaction that resets the password. Refused with
+ * "second-factor-required" (401) when the answer is missing or wrong; a wrong one is throttled and audited.
+ */
+async function proveResetSecondFactor(
+  deps: IdentityDeps,
+  input: { userId: string; token: string; answer: ResetSecondFactor | undefined },
+  context: RequestContext,
+): Promise<ResetProof> {
+  const { userId, answer } = input;
+  if (answer === undefined) {
+    throw new HttpProblem("second-factor-required", "this account has a second factor: prove it to reset the password");
+  }
+  await throttleSecondFactor(deps, userId);
+  if ("passkey" in answer) {
+    return proveResetPasskey(deps, { userId, token: input.token, assertion: answer.passkey }, context);
+  }
+  const check = await checkCodeAnswer(deps, userId, answer, deps.clock.now());
+  if (check.ok) return check.proof;
+  await recordCodeRefused(deps, {
+    actor: ANONYMOUS,
+    userId,
+    method: check.method,
+    purpose: "password-reset",
+    reason: check.reason,
+    requestId: context.requestId,
+  });
+  throw new HttpProblem("second-factor-required", "the second factor is not right");
+}
+
+/**
  * Sets a new password from a reset token and ends every session of the account at once, with no grace.
  * The token is checked, and the password's strength against the account's details, before the (slow) hash
- * is computed outside any transaction; the token is then redeemed under lock, so it works once.
+ * is computed outside any transaction; the token is then redeemed under lock, so it works once. An account
+ * with a second factor must prove it too (`secondFactor`); until it does, nothing changes and the token
+ * stays usable.
  */
 export async function completePasswordReset(
   deps: IdentityDeps,
-  input: { token: string; password: string },
+  input: { token: string; password: string; secondFactor?: ResetSecondFactor | undefined },
   context: RequestContext,
 ): Promise<void> {
-  const { tokenId, email, displayName } = await deps.db.withPlatform(async (tx) => {
-    const row = await redeemable(tx, "reset-password", input.token, deps.clock.now());
+  const backoff = linkBackoffTargets("password-reset", context.address);
+  await checkBackoff(deps, backoff);
+  const { tokenId, userId, email, displayName, secondFactorDue } = await deps.db.withPlatform(async (tx) => {
+    const row = await redeemable(tx, "reset-password", input.token, deps.clock.now(), () =>
+      recordFailureAfterRollback(deps, backoff, { requestId: context.requestId, actor: ANONYMOUS, userId: null }),
+    );
     const user = await existingUser(tx, row.user_id);
-    return { tokenId: row.id, email: await userEmail(tx, deps.keyRing, user), displayName: user.display_name };
+    return {
+      tokenId: row.id,
+      userId: user.id,
+      email: await userEmail(tx, deps.keyRing, user),
+      displayName: user.display_name,
+      secondFactorDue: await hasSecondFactor(tx, user.id),
+    };
   });
   await assertStrongPassword(input.password, { email, displayName });
-  // MFA (issue 6) goes here: a reset proves control of the mailbox only, so an account with an enrolled
-  // second factor must present it (the request gains the factor's answer) before anything below changes.
-  // No factor can be enrolled before issue 6, so there is nothing to demand yet.
+  const proof = secondFactorDue
+    ? await proveResetSecondFactor(deps, { userId, token: input.token, answer: input.secondFactor }, context)
+    : undefined;
   const passwordHash = await deps.passwords.hash(input.password);
-  await deps.db.withPlatform(async (tx) => {
+  const spent = await deps.db.withPlatform(async (tx) => {
     const now = deps.clock.now();
     const row = await redeemable(tx, "reset-password", input.token, now);
     if (row.id !== tokenId) throw invalidLink();
     const user = await existingUser(tx, row.user_id);
+    // A code (or a passkey's counter) that a concurrent request spent first: nothing is written, the token
+    // stays usable.
+    if (proof && !(await spendResetProof(tx, user.id, proof, now))) return false;
     await tx
       .updateTable("users")
       .set({ password_hash: passwordHash, password_changed_at: now, updated_at: now })
@@ -408,9 +533,34 @@ export async function completePasswordReset(
     await mailUser(tx, deps, user, email, passwordResetDone.name, link(deps, TOKEN_PAGES["reset-password"]));
     await deps.audit.record(
       tx,
-      securityEvent("auth.password-reset", userActor(user.id), user.id, context, { sessionsRevoked: revoked }),
+      securityEvent("auth.password-reset", userActor(user.id), user.id, context, {
+        sessionsRevoked: revoked,
+        ...(proof ? { secondFactor: proof.method } : {}),
+      }),
     );
+    if (proof?.method === "backup-code") await backupCodeUsed(deps, tx, user.id, context.requestId);
+    return true;
   });
+  if (!spent && proof) {
+    if (proof.method === "passkey") {
+      await recordPasskeyFailure(deps, {
+        purpose: "password-reset",
+        failure: new PasskeyFailure("counter-regression", userId),
+        subjectId: userId,
+        requestId: context.requestId,
+      });
+      throw new HttpProblem("second-factor-required", "the passkey was not accepted; ask for its options again");
+    }
+    await recordCodeRefused(deps, {
+      actor: ANONYMOUS,
+      userId,
+      method: proof.method,
+      purpose: "password-reset",
+      reason: "replayed",
+      requestId: context.requestId,
+    });
+    throw new HttpProblem("second-factor-required", "this code was already used");
+  }
 }
 
 export interface Profile {

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { HttpProblem, problemSchema } from "../../platform/http/problem.ts";
 import { type AnyRoute, defineRoute, type Grant } from "../../platform/http/routes.ts";
+import { raiseAlert } from "./alerts.ts";
 import { type ApiKeySummary, createApiKey, listApiKeys, revokeApiKey } from "./api-keys.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { tenantAuditActor } from "./memberships.ts";
@@ -95,8 +96,10 @@ export function apiKeyRoutes(deps: IdentityDeps): AnyRoute[] {
         await requireRecentAuthentication(deps, request.principal);
         if (grant.membershipId === null) throw new TypeError("a signed-in member acts without a membership");
         const creator = { membershipId: grant.membershipId, role: grant.role as MembershipRole };
-        const { summary: created, key } = await db.withTenant({ tenantId, actorId: grant.actorId }, (tx) =>
-          createApiKey(
+        const userId = request.principal?.userId;
+        if (userId === undefined) throw new TypeError("a signed-in member acts without a user");
+        const { summary: created, key } = await db.withTenant({ tenantId, actorId: grant.actorId }, async (tx) => {
+          const made = await createApiKey(
             tx,
             { clock, audit },
             {
@@ -108,8 +111,17 @@ export function apiKeyRoutes(deps: IdentityDeps): AnyRoute[] {
               expiresAt: new Date(request.body.expiresAt),
               requestId: request.requestId,
             },
-          ),
-        );
+          );
+          // A new key is a new way in: its creator and the tenant's owners and admins are told (A6).
+          await raiseAlert(deps, tx, {
+            kind: "api-key-created",
+            userId,
+            tenantId,
+            details: { apiKey: made.summary.id, keyKind: kind, role: made.summary.role },
+            requestId: request.requestId,
+          });
+          return made;
+        });
         // The only time the key is sent: no cache may keep a copy.
         reply.code(201).header("cache-control", "no-store");
         return {

@@ -7,18 +7,20 @@ import { uuidv7 } from "../../platform/ids.ts";
 import type { Cadence, Jobs } from "../../platform/jobs/index.ts";
 import { factorResetRequested, factorsReset } from "./account-mail.ts";
 import { link, mailResetLink, mailUser, retireTokens } from "./accounts.ts";
+import { deleteBackupCodes } from "./backup-codes.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { isSessionPrincipal, revokeUserSessions } from "./sessions.ts";
+import { deleteTotpFactor } from "./totp.ts";
 import { emailIndexOf, findUserById, findVerifiedUserByEmail, userEmail } from "./users.ts";
 
 /**
  * Resetting a user's lost sign-in factors (issue 5, item 2): whoever runs the platform asks for it on the
  * command line (`charter account reset-factors <email>`), for someone who lost the factors a mailed reset
- * link alone cannot replace (from issue 6, a second factor; today the password is the only one). Because
+ * link alone cannot replace (a second factor: an authenticator app, backup codes, passkeys). Because
  * the command needs no proof from the account's owner, it never takes effect at once: the owner is mailed
- * when it is asked for and has FACTOR_RESET_DELAY to sign in and cancel it. Only when it falls due does the
- * lost factor stop working (whoever holds it can no longer use it), every session end, and the mailbox get
- * a link to choose a new password.
+ * when it is asked for and has FACTOR_RESET_DELAY to sign in and cancel it. Only when it falls due do the
+ * password and every second factor stop working (whoever holds them can no longer use them), every session
+ * end, and the mailbox get a link to choose a new password.
  *
  * The audit actor of the request is the system, with `details.via = "cli"`: the command is run by whoever
  * holds the machine and the master key, not by an operator account that could be named (the operator's
@@ -134,6 +136,18 @@ export async function cancelFactorReset(deps: FactorResetDeps, userId: string, r
   });
 }
 
+/** Deletes the user's authenticator app, backup codes and passkeys; names the kinds of factor there were. */
+async function deleteSecondFactors(tx: Tx, userId: string): Promise<string[]> {
+  const totp = await deleteTotpFactor(tx, userId);
+  const backupCodes = await deleteBackupCodes(tx, userId);
+  const passkeys = await tx.deleteFrom("passkeys").where("user_id", "=", userId).executeTakeFirst();
+  return [
+    ...(totp?.confirmed ? ["totp"] : []),
+    ...(backupCodes > 0 ? ["backup-codes"] : []),
+    ...(Number(passkeys.numDeletedRows) > 0 ? ["passkeys"] : []),
+  ];
+}
+
 /**
  * Applies every pending reset that is due, each in a transaction of its own: the password stops working,
  * every session ends with no grace, the mailbox gets a 30-minute link to choose a new password (and email
@@ -161,8 +175,8 @@ export async function applyDueFactorResets(deps: FactorResetDeps): Promise<numbe
       if (reset?.id !== id) return false;
       const user = await findUserById(tx, userId);
       if (!user) return false;
-      // Issue 6 resets the second factors here too: delete the user's TOTP secrets, backup codes and
-      // passkeys in this transaction, so that the reset link alone gets the owner back in.
+      // The second factors go too, so that the reset link alone gets the owner back in.
+      const secondFactors = await deleteSecondFactors(tx, userId);
       await tx
         .updateTable("users")
         .set({ password_hash: null, password_changed_at: now, updated_at: now })
@@ -174,7 +188,10 @@ export async function applyDueFactorResets(deps: FactorResetDeps): Promise<numbe
       await tx.updateTable("factor_resets").set({ completed_at: now }).where("id", "=", id).execute();
       await deps.audit.record(
         tx,
-        resetEvent("auth.factors-reset", SYSTEM_ACTOR, userId, { factors: ["password"], sessionsRevoked: revoked }),
+        resetEvent("auth.factors-reset", SYSTEM_ACTOR, userId, {
+          factors: ["password", ...secondFactors],
+          sessionsRevoked: revoked,
+        }),
       );
       return true;
     });

@@ -9,6 +9,9 @@ import {
   WITH_TENANT_DATA,
 } from "../../platform/inventory/types.ts";
 import "./schema.ts";
+import "./policy-schema.ts";
+import { devicesAlertsInventory } from "./devices-alerts-inventory.ts";
+import { ssoInventory } from "./sso-inventory.ts";
 
 /**
  * The identity module's tables (migration 0009). A user's account data lives until the account is closed
@@ -335,14 +338,54 @@ const webauthnChallenges = defineTable("webauthn_challenges", {
     challenge: secret("the random challenge the authenticator signs"),
     user_id: auth("the user the ceremony is for, when known"),
     session_id: auth("the session the ceremony belongs to"),
-    binding_hash: secret("binds a passkey sign-in to the browser that started it (SHA-256 of a cookie)"),
+    binding_hash: secret("binds a ceremony to the browser or reset link that started it (SHA-256)"),
     created_at: auth("when the ceremony started"),
     expires_at: auth("when the challenge stops working"),
     used_at: auth("when the challenge was answered: it works once"),
   },
 });
 
-/** The identity module's tables: migrations 0009 to 0011. */
+const securityPolicies = defineTable("security_policies", {
+  owner: "tenant",
+  row: "a tenant's security policy (A4): MFA, SSO, session lifetime, sign-in methods, API keys, break-glass owner",
+  subject: { kind: "none" },
+  columns: {
+    tenant_id: notPersonal("authentication", "the tenant", WITH_TENANT_DATA),
+    id: notPersonal("authentication", "identifies the policy", WITH_TENANT_DATA),
+    require_mfa: notPersonal("authentication", "every session must be multi-factor here", WITH_TENANT_DATA),
+    require_sso: notPersonal("authentication", "every session must hold this tenant's SSO factor", WITH_TENANT_DATA),
+    session_lifetime_minutes: notPersonal("authentication", "how long a sign-in opens the tenant", WITH_TENANT_DATA),
+    allowed_methods: notPersonal("authentication", "the sign-in methods that open the tenant", WITH_TENANT_DATA),
+    allow_personal_keys: notPersonal("authentication", "whether personal API keys work here", WITH_TENANT_DATA),
+    allow_service_keys: notPersonal("authentication", "whether service API keys work here", WITH_TENANT_DATA),
+    break_glass_membership_id: byMember(
+      "break_glass_membership_id",
+      "the owner who may open the security settings while the SSO provider is down",
+    ),
+    updated_at: notPersonal("authentication", "when the policy last changed", WITH_TENANT_DATA),
+    updated_by: byMember("updated_by", "who last changed the policy"),
+  },
+});
+
+const breakGlassOpenings = defineTable("break_glass_openings", {
+  owner: "tenant",
+  row: "one break-glass opening of a tenant's security settings by its designated owner, at most an hour long",
+  subject: {
+    kind: "path",
+    via: [{ column: "membership_id", references: { table: "memberships", column: "id" }, link: "foreign-key" }],
+    of: "user",
+  },
+  columns: {
+    tenant_id: notPersonal("authentication", "the tenant", WITH_TENANT_DATA),
+    id: notPersonal("authentication", "identifies the opening", WITH_TENANT_DATA),
+    membership_id: byMember("membership_id", "the owner who opened it"),
+    session_id: personal("authentication", "the session the opening lets in", WITH_TENANT_DATA),
+    opened_at: notPersonal("authentication", "when it was opened", WITH_TENANT_DATA),
+    expires_at: notPersonal("authentication", "when it closes (one hour at most)", WITH_TENANT_DATA),
+  },
+});
+
+/** The identity module's tables: migrations 0009 to 0014. */
 export const identityInventory: ModuleInventory = {
   module: "identity",
   tables: [
@@ -361,5 +404,9 @@ export const identityInventory: ModuleInventory = {
     backupCodes,
     passkeys,
     webauthnChallenges,
+    securityPolicies,
+    breakGlassOpenings,
+    ...devicesAlertsInventory,
+    ...ssoInventory,
   ],
 };

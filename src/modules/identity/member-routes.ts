@@ -104,7 +104,10 @@ function userOf(principal: Principal | null, what: string): Principal & { userId
 }
 
 /** What the kernel hands a tenant route: the tenant, and who acts in it. */
-function tenantActorOf(request: RouteRequest<unknown, unknown, unknown>): { tenantId: string; actor: TenantActor } {
+export function tenantActorOf(request: RouteRequest<unknown, unknown, unknown>): {
+  tenantId: string;
+  actor: TenantActor;
+} {
   const { principal, grant, tenantId } = request;
   if (!principal || !grant || !tenantId) throw new TypeError("a tenant route ran without a grant");
   return { tenantId, actor: { principal, grant, requestId: request.requestId } };

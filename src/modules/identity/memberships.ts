@@ -3,10 +3,14 @@ import type { Tx } from "../../platform/db/index.ts";
 import { HttpProblem } from "../../platform/http/problem.ts";
 import type { Grant, Principal } from "../../platform/http/routes.ts";
 import { uuidv7 } from "../../platform/ids.ts";
+import { type AlertDeps, raiseAlert } from "./alerts.ts";
 import { memberAvatarUrl } from "./avatars.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { lowerRole, type MembershipRole, outranks } from "./roles.ts";
 import { bumpPrivilegeEpoch, revokeUserSessions } from "./sessions.ts";
+
+/** The roles whose grant raises an alert: they administer the tenant and its people. */
+const PRIVILEGED_ROLES: readonly MembershipRole[] = ["owner", "admin"];
 
 export interface ActiveMembership {
   id: string;
@@ -235,7 +239,7 @@ export async function listMembers(
  */
 export async function changeRole(
   tx: Tx,
-  deps: Pick<IdentityDeps, "audit" | "clock">,
+  deps: AlertDeps,
   change: { tenantId: string; actor: TenantActor; membershipId: string; role: MembershipRole },
 ): Promise<MemberView> {
   const { tenantId, actor, membershipId, role: next } = change;
@@ -262,6 +266,16 @@ export async function changeRole(
       details: { from: target.role, to: next },
       requestId: actor.requestId,
     });
+    // Power over the tenant changed hands: the member and the tenant's owners and admins are told (A6).
+    if (PRIVILEGED_ROLES.includes(next) && outranks(next, target.role)) {
+      await raiseAlert(deps, tx, {
+        kind: "privileged-role-granted",
+        userId: target.user_id,
+        tenantId,
+        details: { membership: membershipId, role: next, from: target.role },
+        requestId: actor.requestId,
+      });
+    }
   }
   const row = await tx
     .selectFrom("memberships")

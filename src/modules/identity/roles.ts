@@ -84,6 +84,11 @@ export const PERMISSIONS = {
     writes: true,
     description: "change the security policy (break-glass owner: owners only), SSO configurations and domains",
   },
+  "security.break-glass": {
+    roles: ["owner"],
+    writes: true,
+    description: "the designated owner opens the security settings with a passkey while the SSO provider is down",
+  },
   "audit.read": {
     roles: ADMINS,
     writes: false,

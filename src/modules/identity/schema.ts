@@ -226,7 +226,7 @@ export interface PasskeysTable {
   last_used_at: NullableTime;
 }
 
-export type WebauthnChallengePurpose = "register" | "sign-in" | "second-factor" | "reauthenticate";
+export type WebauthnChallengePurpose = "register" | "sign-in" | "second-factor" | "reauthenticate" | "password-reset";
 
 /** Migration 0011. A single-use WebAuthn challenge bound to a session or to a pre-authentication cookie. */
 export interface WebauthnChallengesTable {

@@ -7,6 +7,7 @@ import type { RateKey, RateRule } from "../../platform/ratelimit/limiter.ts";
 import { clearSessionCookie, readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { presentedKnownDevice, setDeviceCookie } from "./devices.ts";
 import { MAX_PASSWORD_LENGTH } from "./passwords.ts";
 import { hasSecondFactor } from "./second-factors.ts";
 import {
@@ -21,6 +22,8 @@ import {
   type SessionPrincipal,
   sessionOfToken,
 } from "./sessions.ts";
+import { countFailedSignIn, countSuccessfulSignIn, rememberSignInDevice } from "./sign-in-alerts.ts";
+import { backoffTargets, checkBackoff, recordFailure, recordSuccess } from "./throttle.ts";
 
 /**
  * Sign-in, sign-out and the user's own sessions (promise A5). Sign-in answers alike for a wrong password and
@@ -31,6 +34,8 @@ import {
 export const SIGN_IN_PER_ADDRESS: RateRule = { name: "sign-in", limit: 30, windowSeconds: 15 * 60 };
 /** Attempts per account (existing or not: the key is the address's blind index). */
 export const SIGN_IN_PER_ACCOUNT: RateRule = { name: "sign-in", limit: 10, windowSeconds: 15 * 60 };
+/** Attempts per known device of the account (a browser that signed in to it before), in place of the above. */
+export const SIGN_IN_PER_DEVICE: RateRule = { name: "sign-in-device", limit: 10, windowSeconds: 15 * 60 };
 /** Password confirmations per user (step-up). */
 export const REAUTHENTICATE_PER_ACCOUNT: RateRule = { name: "reauthenticate", limit: 10, windowSeconds: 15 * 60 };
 /** Unverified sign-ups may share an address; a password is tried against at most this many of them. */
@@ -147,10 +152,21 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
         throw error;
       }
       const emailIndex = blindIndex(keyRing.blindIndexKey("platform"), "email", email);
+      const accountKey = emailIndex.toString("hex");
       await throttle({ kind: "address", address: raw.ip }, SIGN_IN_PER_ADDRESS);
-      await throttle({ kind: "account", id: emailIndex.toString("hex") }, SIGN_IN_PER_ACCOUNT);
-
       const accounts = await candidates(emailIndex);
+      // A browser that signed in to the account before counts on limits of its own, so that failures of
+      // others at the account (an attacker's) never lock its owner out (A6).
+      const device = await presentedKnownDevice(
+        deps,
+        raw,
+        accounts.map((account) => account.id),
+      );
+      const backoff = backoffTargets("sign-in", raw.ip, { key: accountKey, deviceId: device?.id });
+      await checkBackoff(deps, backoff);
+      if (device) await throttle({ kind: "token", id: device.id }, SIGN_IN_PER_DEVICE);
+      else await throttle({ kind: "account", id: accountKey }, SIGN_IN_PER_ACCOUNT);
+
       const { password } = request.body;
       let userId: string | undefined;
       const withPassword = accounts.filter((account) => account.password_hash !== null);
@@ -163,25 +179,30 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
       }
       if (userId === undefined) {
         const target = accounts[0]?.id ?? null;
-        await db.withPlatform((tx) =>
-          audit.record(tx, {
+        const actor = { kind: "anonymous", id: null } as const;
+        await db.withPlatform(async (tx) => {
+          await audit.record(tx, {
             tenantId: null,
             stream: "security",
-            actor: { kind: "anonymous", id: null },
+            actor,
             action: "auth.sign-in-failed",
             target: { type: "user", id: target },
             subjects: target ? [target] : [],
             details: { reason: target ? "wrong-password" : "unknown-account" },
             requestId: request.requestId,
-          }),
-        );
+          });
+          await recordFailure(tx, deps, backoff, { requestId: request.requestId, actor, userId: target });
+          if (target) await countFailedSignIn(deps, tx, target, request.requestId);
+        });
         throw new HttpProblem("unauthenticated", WRONG_CREDENTIALS);
       }
 
       const signedIn = userId;
       const now = clock.now();
-      const session = await db.withPlatform(
+      const { session, knownDevice } = await db.withPlatform(
         async (tx) => {
+          await recordSuccess(tx, deps, backoff);
+          await countSuccessfulSignIn(deps, tx, signedIn, request.requestId);
           // A new session on every sign-in: whatever session the browser held before ends now.
           const replaced = await sessionOfToken(tx, previous);
           if (replaced && (await revokeSession(tx, replaced, "signed-in-again", now))) {
@@ -213,11 +234,21 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
             details: { method: "password" },
             requestId: request.requestId,
           });
-          return created;
+          // The browser becomes a known device once the sign-in is complete, not on a half-session.
+          const remembered =
+            created.state === "active"
+              ? await rememberSignInDevice(deps, tx, raw, {
+                  userId: signedIn,
+                  method: "password",
+                  requestId: request.requestId,
+                })
+              : undefined;
+          return { session: created, knownDevice: remembered };
         },
         { actorId: signedIn, requestId: request.requestId },
       );
       setSessionCookie(reply, publicUrl, session.token, session.expiresAt, now);
+      if (knownDevice) setDeviceCookie(reply, publicUrl, knownDevice.token);
       return { session: { id: session.id, state: session.state, expiresAt: session.expiresAt.toISOString() } };
     },
   });

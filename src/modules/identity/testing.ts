@@ -11,8 +11,9 @@ import { createFileStore, createLocalBlobStore } from "../../platform/files/inde
 import { buildTestApp, type TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import { createMailer, createTemplateRegistry, PLATFORM_TEMPLATES } from "../../platform/mail/index.ts";
+import { createOutboundClient } from "../../platform/net/index.ts";
 import { createRateLimiter } from "../../platform/ratelimit/limiter.ts";
-import type { IdentityDeps } from "./deps.ts";
+import type { DnsResolver, IdentityDeps } from "./deps.ts";
 import { createIdentity, IDENTITY_TEMPLATES } from "./index.ts";
 import { createPasswordHasher } from "./passwords.ts";
 
@@ -54,6 +55,26 @@ export function createIdentityTestDeps(db: Database, clock: Clock): IdentityDeps
       blobs: createLocalBlobStore(mkdtempSync(join(tmpdir(), "charter-identity-files-"))),
     }),
     config: { publicUrl: TEST_PUBLIC_URL },
+    // Public addresses as in production, plus the loopback addresses a test's local identity provider listens on.
+    outbound: createOutboundClient({ allowAddresses: ["127.0.0.1", "::1"] }),
+    dns: createTestDns(),
+  };
+}
+
+/** A DNS resolver answering TXT queries from `records` (name in lower case → its records); ENOTFOUND otherwise. */
+export interface TestDns extends DnsResolver {
+  records: Map<string, string[][]>;
+}
+
+export function createTestDns(): TestDns {
+  const records = new Map<string, string[][]>();
+  return {
+    records,
+    async resolveTxt(name) {
+      const found = records.get(name.toLowerCase());
+      if (found) return found;
+      throw Object.assign(new Error(`queryTxt ENOTFOUND ${name}`), { code: "ENOTFOUND" });
+    },
   };
 }
 

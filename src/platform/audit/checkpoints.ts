@@ -200,6 +200,8 @@ export interface CheckpointReport {
   checkpoints: number;
   /** The newest checkpoint whose heads were compared with the chains. */
   latest: CheckpointRecord | undefined;
+  /** The same checkpoint with its signature and hash, for a report that shows it to be checked again. */
+  latestSigned: SignedCheckpoint | undefined;
   problems: CheckpointProblem[];
 }
 
@@ -421,7 +423,9 @@ export async function verifyCheckpoints(options: VerifyCheckpointsOptions): Prom
   const { lines, rows, heads } = await readStores(db, dir);
   const { problems, verified, count } = checkStores(lines, rows, verifier);
   problems.push(...(await checkChains(verified, heads, db)));
-  return { checkpoints: count, latest: verified.at(-1)?.record, problems };
+  const latest = verified.at(-1);
+  const latestSigned = latest && { record: latest.record, sig: latest.sig, hash: latest.hash };
+  return { checkpoints: count, latest: latest?.record, latestSigned, problems };
 }
 
 /** How long a checkpoint's row may take to commit after its line is flushed, at most. */
@@ -470,7 +474,21 @@ export async function checkpointsForChain(options: {
   verifier: CheckpointVerifier;
   chainId: string;
 }): Promise<ChainCheckpoint[]> {
-  const { db, dir, verifier, chainId } = options;
+  const { chainId, ...store } = options;
+  return (await checkpointsForChains({ ...store, chainIds: [chainId] })).get(chainId) ?? [];
+}
+
+/**
+ * checkpointsForChain for several chains at once (a tenant's three streams), reading and verifying the stores
+ * once: every chain asked for is in the map, with no checkpoints when none covers it.
+ */
+export async function checkpointsForChains(options: {
+  db: Database;
+  dir: string;
+  verifier: CheckpointVerifier;
+  chainIds: readonly string[];
+}): Promise<Map<string, ChainCheckpoint[]>> {
+  const { db, dir, verifier, chainIds } = options;
   const { lines, rows } = await readStores(db, dir);
   const { problems, verified } = checkStores(lines, rows, verifier);
   if (problems.length > 0) {
@@ -479,6 +497,11 @@ export async function checkpointsForChain(options: {
       `the checkpoints do not verify (${first.kind} at checkpoint ${first.sequence}: ${first.detail}); run charter audit verify`,
     );
   }
+  return new Map(chainIds.map((chainId) => [chainId, covering(verified, chainId)]));
+}
+
+/** The verified checkpoints that cover one chain, with the inclusion proof of its head in each. */
+function covering(verified: readonly FileCheckpoint[], chainId: string): ChainCheckpoint[] {
   const chosen: FileCheckpoint[] = [];
   const seen = new Set<number>();
   for (const checkpoint of verified) {
@@ -505,12 +528,12 @@ export async function checkpointsForChain(options: {
 /**
  * The checkpoint part of `charter audit verify`: adds the checkpoints' failures to the chains' report, and how
  * many checkpoints were checked. With a tenant or stream, failures of other chains are left out; failures of
- * the checkpoints themselves are always reported.
+ * the checkpoints themselves are always reported. Returns the newest checkpoint that verified, if any.
  */
 export async function verifyCheckpointsReport(
   report: VerifyReport,
   options: VerifyCheckpointsOptions & { tenantId?: string; stream?: string },
-): Promise<void> {
+): Promise<SignedCheckpoint | undefined> {
   const { tenantId, stream } = options;
   const result = await verifyCheckpoints(options);
   const concerns = (chainId: string) =>
@@ -519,6 +542,7 @@ export async function verifyCheckpointsReport(
       (stream === undefined || chainId.endsWith(`/${stream}`) || chainId.startsWith(`platform/${stream}/`)));
   report.failures.push(...result.problems.filter((p) => concerns(p.chainId)));
   report.checked.checkpoints = result.checkpoints;
+  return result.latestSigned;
 }
 
 /**

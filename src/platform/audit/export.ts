@@ -2,7 +2,7 @@ import type { Database } from "../db/index.ts";
 import { isUuid } from "../ids.ts";
 import { canonicalize } from "./canonical.ts";
 import { type ChainLocation, eventsAfter } from "./chains.ts";
-import { isStream, type Stream, tenantChainId } from "./event.ts";
+import { isStream, type StoredEvent, type Stream, tenantChainId } from "./event.ts";
 
 /**
  * Exports a tenant's chain as JSON Lines: one line per event, in sequence order, each the canonical form
@@ -21,27 +21,44 @@ export async function exportChain(
   write: (line: string) => void | Promise<void>,
   options: { batchSize?: number } = {},
 ): Promise<{ chainId: string; events: number; lastHash: string | null }> {
-  if (!isUuid(chain.tenantId)) throw new TypeError(`the tenant must be a UUID, got "${chain.tenantId}"`);
-  if (!isStream(chain.stream)) throw new TypeError(`unknown stream "${chain.stream}"`);
-  const batchSize = options.batchSize ?? 5_000;
-  const tenantId = chain.tenantId.toLowerCase();
-  const location: ChainLocation = { chainId: tenantChainId(tenantId, chain.stream), tenantId };
   let events = 0;
   let lastHash: string | null = null;
-  // Append-only rows read by ascending sequence: later appends only extend what is read, so one tenant
-  // transaction is enough for a consistent export.
-  await db.withTenant({ tenantId }, async (tx) => {
-    let after = 0;
-    for (;;) {
-      const batch = await eventsAfter(tx, location, after, batchSize);
-      for (const event of batch) await write(`${canonicalize(event)}\n`);
-      events += batch.length;
-      const last = batch.at(-1);
-      if (!last) break;
-      after = last.seq;
-      lastHash = last.hash;
-      if (batch.length < batchSize) break;
-    }
-  });
-  return { chainId: location.chainId, events, lastHash };
+  for await (const batch of exportBatches(db, chain, options)) {
+    for (const event of batch) await write(`${canonicalize(event)}\n`);
+    events += batch.length;
+    lastHash = batch.at(-1)?.hash ?? lastHash;
+  }
+  return { chainId: chainLocation(chain).chainId, events, lastHash };
+}
+
+function chainLocation(chain: { tenantId: string; stream: Stream }): ChainLocation & { tenantId: string } {
+  if (!isUuid(chain.tenantId)) throw new TypeError(`the tenant must be a UUID, got "${chain.tenantId}"`);
+  if (!isStream(chain.stream)) throw new TypeError(`unknown stream "${chain.stream}"`);
+  const tenantId = chain.tenantId.toLowerCase();
+  return { chainId: tenantChainId(tenantId, chain.stream), tenantId };
+}
+
+/**
+ * The events of a tenant's chain in sequence order, a batch at a time, each batch read in a short tenant
+ * transaction of its own and handed over after it ends, so that however slowly the consumer goes (an HTTP
+ * client), no transaction stays open meanwhile. Append-only rows read by ascending sequence: later appends
+ * only extend what is read, so the batches still make one consistent prefix of the chain.
+ */
+export async function* exportBatches(
+  db: Database,
+  chain: { tenantId: string; stream: Stream },
+  options: { batchSize?: number } = {},
+): AsyncGenerator<StoredEvent[]> {
+  const location = chainLocation(chain);
+  const batchSize = options.batchSize ?? 5_000;
+  let after = 0;
+  for (;;) {
+    const batch: StoredEvent[] = await db.withTenant({ tenantId: location.tenantId }, (tx) =>
+      eventsAfter(tx, location, after, batchSize),
+    );
+    if (batch.length > 0) yield batch;
+    const last = batch.at(-1);
+    if (!last || batch.length < batchSize) return;
+    after = last.seq;
+  }
 }

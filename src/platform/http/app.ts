@@ -39,7 +39,12 @@ export interface AccessControl {
    */
   principal(request: FastifyRequest, reply: FastifyReply, tenantId: string | undefined): Promise<Principal | null>;
   /** Whether the principal holds `permission` in the tenant, checked on every request. */
-  authorize(principal: Principal, tenantId: string, permission: string): Promise<TenantAccess>;
+  authorize(
+    principal: Principal,
+    tenantId: string,
+    permission: string,
+    context: { requestId: string },
+  ): Promise<TenantAccess>;
 }
 
 /** Until an identity module is installed nobody is signed in, so every protected route is refused. */
@@ -384,7 +389,7 @@ function registerRoute(
       return;
     }
     const tenantId = await tenantFromPath(request);
-    const decision = await access.authorize(principal, tenantId, permission.permission);
+    const decision = await access.authorize(principal, tenantId, permission.permission, { requestId: request.id });
     if (decision.outcome === "not-member") throw new HttpProblem("not-found", "no such tenant");
     if (decision.outcome === "forbidden") throw new HttpProblem(decision.slug ?? "forbidden", decision.detail);
     // A record the caller may not see is reported as absent, so its existence does not leak.
