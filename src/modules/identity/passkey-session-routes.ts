@@ -23,6 +23,7 @@ import {
   resetLinkBinding,
   verifyAssertion,
 } from "./passkeys.ts";
+import { endReplacedSession, factorProvenEvent } from "./session-events.ts";
 import { SIGN_IN_PER_ADDRESS } from "./session-routes.ts";
 import {
   completeSecondFactor,
@@ -31,9 +32,7 @@ import {
   type ProvenFactor,
   RECENT_AUTHENTICATION_MS,
   reauthenticate,
-  revokeSession,
   type SessionPrincipal,
-  sessionOfToken,
 } from "./sessions.ts";
 import { rememberSignInDevice } from "./sign-in-alerts.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
@@ -210,18 +209,12 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
           async (tx) => {
             await recordPasskeyUse(tx, proven, now);
             // A new session on every sign-in: whatever session the browser held before ends now.
-            const replaced = await sessionOfToken(tx, previous);
-            if (replaced && (await revokeSession(tx, replaced, "signed-in-again", now))) {
-              await audit.record(tx, {
-                tenantId: null,
-                stream: "security",
-                actor: { kind: "user", id: userId },
-                action: "auth.session-revoked",
-                target: { type: "session", id: replaced },
-                details: { reason: "signed-in-again" },
-                requestId: request.requestId,
-              });
-            }
+            await endReplacedSession(tx, audit, {
+              previousToken: previous,
+              userId,
+              now,
+              requestId: request.requestId,
+            });
             const created = await createSession(tx, {
               userId,
               factor: passkeyFactor(proven),
@@ -306,16 +299,15 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
             const done = await completeSecondFactor(tx, principal.sessionId, token, passkeyFactor(proven), now);
             // Rolls the counter back: the half-session ended, or a concurrent completion won.
             if (!done) throw new HttpProblem("unauthenticated", "this sign-in is no longer pending; sign in again");
-            await audit.record(tx, {
-              tenantId: null,
-              stream: "security",
-              actor: { kind: "user", id: principal.userId },
-              action: "auth.second-factor",
-              target: { type: "session", id: principal.sessionId },
-              subjects: [principal.userId],
-              details: { method: "passkey", userVerified: proven.userVerified },
-              requestId: request.requestId,
-            });
+            await audit.record(
+              tx,
+              factorProvenEvent(
+                "auth.second-factor",
+                principal,
+                { method: "passkey", userVerified: proven.userVerified },
+                request.requestId,
+              ),
+            );
             const device = await rememberSignInDevice(deps, tx, request.raw, {
               userId: principal.userId,
               method: "passkey",
@@ -378,16 +370,15 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
             await recordPasskeyUse(tx, proven, now);
             const next = await reauthenticate(tx, principal.sessionId, token, passkeyFactor(proven), now);
             if (!next) throw replaced();
-            await audit.record(tx, {
-              tenantId: null,
-              stream: "security",
-              actor: { kind: "user", id: principal.userId },
-              action: "auth.reauthenticated",
-              target: { type: "session", id: principal.sessionId },
-              subjects: [principal.userId],
-              details: { method: "passkey", userVerified: proven.userVerified },
-              requestId: request.requestId,
-            });
+            await audit.record(
+              tx,
+              factorProvenEvent(
+                "auth.reauthenticated",
+                principal,
+                { method: "passkey", userVerified: proven.userVerified },
+                request.requestId,
+              ),
+            );
             return next;
           },
           { actorId: principal.userId, requestId: request.requestId },

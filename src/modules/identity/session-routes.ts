@@ -10,6 +10,7 @@ import type { IdentityDeps } from "./deps.ts";
 import { presentedKnownDevice, setDeviceCookie } from "./devices.ts";
 import { MAX_PASSWORD_LENGTH } from "./passwords.ts";
 import { hasSecondFactor } from "./second-factors.ts";
+import { endReplacedSession, factorProvenEvent } from "./session-events.ts";
 import {
   createSession,
   isSessionPrincipal,
@@ -20,7 +21,6 @@ import {
   revokeSession,
   revokeUserSessions,
   type SessionPrincipal,
-  sessionOfToken,
 } from "./sessions.ts";
 import { countFailedSignIn, countSuccessfulSignIn, rememberSignInDevice } from "./sign-in-alerts.ts";
 import { backoffTargets, checkBackoff, recordFailure, recordSuccess } from "./throttle.ts";
@@ -204,18 +204,12 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
           await recordSuccess(tx, deps, backoff);
           await countSuccessfulSignIn(deps, tx, signedIn, request.requestId);
           // A new session on every sign-in: whatever session the browser held before ends now.
-          const replaced = await sessionOfToken(tx, previous);
-          if (replaced && (await revokeSession(tx, replaced, "signed-in-again", now))) {
-            await audit.record(tx, {
-              tenantId: null,
-              stream: "security",
-              actor: { kind: "user", id: signedIn },
-              action: "auth.session-revoked",
-              target: { type: "session", id: replaced },
-              details: { reason: "signed-in-again" },
-              requestId: request.requestId,
-            });
-          }
+          await endReplacedSession(tx, audit, {
+            previousToken: previous,
+            userId: signedIn,
+            now,
+            requestId: request.requestId,
+          });
           // An enrolled second factor leaves the password's session half-open until it is proven (A2).
           const created = await createSession(tx, {
             userId: signedIn,
@@ -458,16 +452,10 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
         async (tx) => {
           const next = await reauthenticate(tx, principal.sessionId, token, { method: "password" }, now);
           if (next === undefined) return undefined;
-          await audit.record(tx, {
-            tenantId: null,
-            stream: "security",
-            actor: { kind: "user", id: principal.userId },
-            action: "auth.reauthenticated",
-            target: { type: "session", id: principal.sessionId },
-            subjects: [principal.userId],
-            details: { method: "password" },
-            requestId: request.requestId,
-          });
+          await audit.record(
+            tx,
+            factorProvenEvent("auth.reauthenticated", principal, { method: "password" }, request.requestId),
+          );
           return next;
         },
         { actorId: principal.userId, requestId: request.requestId },

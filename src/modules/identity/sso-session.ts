@@ -1,14 +1,8 @@
 import type { NewEvent } from "../../platform/audit/index.ts";
 import type { Tx } from "../../platform/db/index.ts";
 import type { IdentityDeps } from "./deps.ts";
-import {
-  createSession,
-  type ProvenFactor,
-  reauthenticate,
-  resolveSession,
-  revokeSession,
-  sessionOfToken,
-} from "./sessions.ts";
+import { endReplacedSession } from "./session-events.ts";
+import { createSession, type ProvenFactor, reauthenticate, resolveSession } from "./sessions.ts";
 import type { SsoAssertion } from "./sso-identities.ts";
 
 /**
@@ -115,18 +109,7 @@ export async function openSsoSession(
     const stepped = await stepUpWithSso(tx, deps, { presented, assertion, now, requestId });
     if (stepped) return stepped;
   }
-  const replaced = await sessionOfToken(tx, input.previousToken);
-  if (replaced && (await revokeSession(tx, replaced, "signed-in-again", now))) {
-    await deps.audit.record(tx, {
-      tenantId: null,
-      stream: "security",
-      actor: { kind: "user", id: userId },
-      action: "auth.session-revoked",
-      target: { type: "session", id: replaced },
-      details: { reason: "signed-in-again" },
-      requestId,
-    });
-  }
+  await endReplacedSession(tx, deps.audit, { previousToken: input.previousToken, userId, now, requestId });
   const created = await createSession(tx, { userId, factor: ssoFactor(assertion), now, userAgent: input.userAgent });
   await deps.audit.record(tx, signedInEvent(userId, created.id, assertion, false, requestId));
   return { sessionId: created.id, token: created.token, expiresAt: created.expiresAt };

@@ -21,6 +21,7 @@ import {
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { setDeviceCookie } from "./devices.ts";
+import { factorProvenEvent } from "./session-events.ts";
 import {
   completeSecondFactor,
   isSessionPrincipal,
@@ -379,16 +380,10 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           const completed = await completeSecondFactor(tx, principal.sessionId, token, { method: proof.method }, now);
           // Rolls the spent code back: the half-session ended, or a concurrent completion won.
           if (!completed) throw new HttpProblem("unauthenticated", "this sign-in is no longer pending; sign in again");
-          await audit.record(tx, {
-            tenantId: null,
-            stream: "security",
-            actor: { kind: "user", id: principal.userId },
-            action: "auth.second-factor",
-            target: { type: "session", id: principal.sessionId },
-            subjects: [principal.userId],
-            details: { method: proof.method },
-            requestId: request.requestId,
-          });
+          await audit.record(
+            tx,
+            factorProvenEvent("auth.second-factor", principal, { method: proof.method }, request.requestId),
+          );
           if (proof.method === "backup-code") await backupCodeUsed(deps, tx, principal.userId, request.requestId);
           // The sign-in is complete only now: this browser becomes a known device (or raises a new-device alert).
           const device = await rememberSignInDevice(deps, tx, request.raw, {
@@ -459,16 +454,10 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           if (!next) {
             throw new HttpProblem("reauthentication-required", "this session token was replaced; use the current one");
           }
-          await audit.record(tx, {
-            tenantId: null,
-            stream: "security",
-            actor: { kind: "user", id: principal.userId },
-            action: "auth.reauthenticated",
-            target: { type: "session", id: principal.sessionId },
-            subjects: [principal.userId],
-            details: { method: "totp" },
-            requestId: request.requestId,
-          });
+          await audit.record(
+            tx,
+            factorProvenEvent("auth.reauthenticated", principal, { method: "totp" }, request.requestId),
+          );
           return next;
         },
         { actorId: principal.userId, requestId: request.requestId },
