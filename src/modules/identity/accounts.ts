@@ -39,7 +39,7 @@ import { assertStrongPassword } from "./passwords.ts";
 import { ACCOUNT_TOKEN_PURPOSES, type AccountTokenPurpose, type AccountTokensTable } from "./schema.ts";
 import { hasSecondFactor } from "./second-factors.ts";
 import { revokeUserSessions } from "./sessions.ts";
-import { checkBackoff, linkBackoffTargets, recordFailureAfterRollback } from "./throttle.ts";
+import { backoffTargets, checkBackoff, linkBackoffTargets, recordFailureAfterRollback } from "./throttle.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
 import {
   createUser,
@@ -466,7 +466,7 @@ async function proveResetSecondFactor(
   if (answer === undefined) {
     throw new HttpProblem("second-factor-required", "this account has a second factor: prove it to reset the password");
   }
-  await throttleSecondFactor(deps, userId);
+  const backoff = await throttleSecondFactor(deps, { userId, address: context.address });
   if ("passkey" in answer) {
     return proveResetPasskey(deps, { userId, token: input.token, assertion: answer.passkey }, context);
   }
@@ -479,6 +479,7 @@ async function proveResetSecondFactor(
     purpose: "password-reset",
     reason: check.reason,
     requestId: context.requestId,
+    backoff,
   });
   throw new HttpProblem("second-factor-required", "the second factor is not right");
 }
@@ -558,6 +559,7 @@ export async function completePasswordReset(
       purpose: "password-reset",
       reason: "replayed",
       requestId: context.requestId,
+      backoff: backoffTargets("second-factor", context.address, { key: userId }),
     });
     throw new HttpProblem("second-factor-required", "this code was already used");
   }

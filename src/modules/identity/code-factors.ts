@@ -1,3 +1,4 @@
+import type { FastifyRequest } from "fastify";
 import { z } from "zod";
 import type { Actor } from "../../platform/audit/index.ts";
 import type { Tx } from "../../platform/db/index.ts";
@@ -6,6 +7,8 @@ import type { RateRule } from "../../platform/ratelimit/limiter.ts";
 import { type AlertDeps, raiseAlert } from "./alerts.ts";
 import { checkBackupCode, claimBackupCode, remainingBackupCodes } from "./backup-codes.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { presentedKnownDevice } from "./devices.ts";
+import { type BackoffTarget, backoffTargets, checkBackoff, recordFailure } from "./throttle.ts";
 import { claimTotpStep, findTotpFactor, matchTotpCode } from "./totp.ts";
 
 /**
@@ -40,9 +43,36 @@ export type CodeCheck = { ok: true; proof: CodeProof } | { ok: false; method: Co
 
 export const methodOf = (answer: CodeAnswer): CodeMethod => ("totpCode" in answer ? "totp" : "backup-code");
 
-/** Counts one attempt at a code for the user, refusing (429, Retry-After) once the limit is reached. */
-export async function throttleSecondFactor(deps: Pick<IdentityDeps, "rateLimiter">, userId: string): Promise<void> {
-  const decision = await deps.rateLimiter.consume({ kind: "account", id: userId }, SECOND_FACTOR_PER_ACCOUNT, {
+/** Who attempts a second factor: the user, from a source address, in a browser that may be a known device. */
+export interface SecondFactorAttempt {
+  userId: string;
+  address: string;
+  /** The user's known device the browser presented, whose own backoff counter stands in for the account's. */
+  deviceId?: string | undefined;
+}
+
+/** The attempt of a request: its source address, and the user's known device if the browser presented one. */
+export async function secondFactorAttempt(
+  deps: Pick<IdentityDeps, "db" | "config">,
+  request: FastifyRequest,
+  userId: string,
+): Promise<SecondFactorAttempt> {
+  const device = await presentedKnownDevice(deps, request, [userId]);
+  return { userId, address: request.ip, deviceId: device?.id };
+}
+
+/**
+ * Counts one attempt at a second factor, refusing (429, Retry-After) once the user's window is full or while the
+ * growing backoff of the source address or of the account (or of its known device) holds it back. Returns the
+ * backoff counters, for recordCodeRefused to count a failure and the success to clear.
+ */
+export async function throttleSecondFactor(
+  deps: Pick<IdentityDeps, "rateLimiter" | "db" | "clock" | "keyRing">,
+  attempt: SecondFactorAttempt,
+): Promise<BackoffTarget[]> {
+  const backoff = backoffTargets("second-factor", attempt.address, { key: attempt.userId, deviceId: attempt.deviceId });
+  await checkBackoff(deps, backoff);
+  const decision = await deps.rateLimiter.consume({ kind: "account", id: attempt.userId }, SECOND_FACTOR_PER_ACCOUNT, {
     exact: true,
   });
   if (!decision.allowed) {
@@ -50,6 +80,7 @@ export async function throttleSecondFactor(deps: Pick<IdentityDeps, "rateLimiter
       headers: { "retry-after": String(decision.retryAfter) },
     });
   }
+  return backoff;
 }
 
 /**
@@ -99,7 +130,7 @@ export type CodePurpose = "sign-in" | "step-up" | "password-reset" | "enrolment"
  * and rolls back). The code itself is never recorded.
  */
 export async function recordCodeRefused(
-  deps: Pick<IdentityDeps, "db" | "audit">,
+  deps: Pick<IdentityDeps, "db" | "audit" | "clock" | "keyRing">,
   input: {
     actor: Actor;
     userId: string;
@@ -108,10 +139,17 @@ export async function recordCodeRefused(
     purpose: CodePurpose;
     reason: CodeRefusal;
     requestId: string;
+    /** The attempt's backoff counters (from throttleSecondFactor): the failure counts against each. */
+    backoff: readonly BackoffTarget[];
   },
 ): Promise<void> {
-  await deps.db.withPlatform((tx) =>
-    deps.audit.record(tx, {
+  await deps.db.withPlatform(async (tx) => {
+    await recordFailure(tx, deps, input.backoff, {
+      requestId: input.requestId,
+      actor: input.actor,
+      userId: input.userId,
+    });
+    await deps.audit.record(tx, {
       tenantId: null,
       stream: "security",
       actor: input.actor,
@@ -120,8 +158,8 @@ export async function recordCodeRefused(
       subjects: [input.userId],
       details: { method: input.method, purpose: input.purpose, reason: input.reason },
       requestId: input.requestId,
-    }),
-  );
+    });
+  });
 }
 
 /**

@@ -5,7 +5,7 @@ import { type AnyRoute, defineRoute, type Principal } from "../../platform/http/
 import type { RateKey, RateRule } from "../../platform/ratelimit/limiter.ts";
 import type { IdentityAccessControl } from "./access.ts";
 import { passwordResetAccount } from "./accounts.ts";
-import { throttleSecondFactor } from "./code-factors.ts";
+import { secondFactorAttempt, throttleSecondFactor } from "./code-factors.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
@@ -281,7 +281,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
     response: { 200: sessionCreated, 400: problemSchema, 401: problemSchema, 403: problemSchema, 429: problemSchema },
     handler: async (request, reply) => {
       const { principal, token } = await halfSession(request.raw, reply);
-      await throttleSecondFactor(deps, principal.userId);
+      await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
       const refused = () => new HttpProblem("second-factor-required", "the passkey was not accepted; try again");
       const who = { purpose: "second-factor" as const, requestId: request.requestId, principal };
@@ -353,7 +353,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
       const replaced = () =>
         new HttpProblem("reauthentication-required", "this session token was replaced; use the current one");
       if (principal.viaReplacedToken || token === undefined) throw replaced();
-      await throttleSecondFactor(deps, principal.userId);
+      await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
       const refused = () => new HttpProblem("reauthentication-required", "the passkey was not accepted; try again");
       const who = { purpose: "reauthenticate" as const, requestId: request.requestId, principal };

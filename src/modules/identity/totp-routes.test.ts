@@ -98,6 +98,8 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     const response = await app.app.inject({
       method,
       url,
+      // From addresses of their own: the per-address backoff is not what these tests are about.
+      remoteAddress: randomAddress(),
       headers: browser ? sessionHeaders(browser.cookie) : { "sec-fetch-site": "same-origin" },
       ...(payload ? { payload } : {}),
     });
@@ -514,6 +516,32 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       expect(limited.statusCode).toBe(429);
       expect(Number(limited.headers["retry-after"])).toBeGreaterThan(0);
       expect((await sessionRow(browser)).state).toBe("pending-second-factor");
+    });
+
+    it("holds a guesser back with a growing delay that outlives the window, stored and audited (A6)", async () => {
+      const { user } = await enrolled();
+      let browser = await halfSession(user);
+      for (let i = 1; i < SECOND_FACTOR_PER_ACCOUNT.limit; i++) {
+        expect((await completeWith(browser, { totpCode: "000000" })).statusCode).toBe(401);
+      }
+      // The window's limit is reached; past it, the account's backoff counts on: each failure doubles the wait.
+      clock.advance(SECOND_FACTOR_PER_ACCOUNT.windowSeconds * 1000);
+      browser = await halfSession(user);
+      // Nine failures so far (the enrolment's code was right): the tenth is the last free one.
+      expect((await completeWith(browser, { totpCode: "000000" })).statusCode).toBe(401);
+      expect((await completeWith(browser, { totpCode: "000000" })).statusCode).toBe(401);
+      const held = await completeWith(browser, { totpCode: "000000" });
+      expect(held.statusCode).toBe(429);
+      expect(Number(held.headers["retry-after"])).toBe(1);
+      clock.advance(1000);
+      expect((await completeWith(browser, { totpCode: "000000" })).statusCode).toBe(401);
+      const longer = await completeWith(browser, { totpCode: "000000" });
+      expect(longer.statusCode).toBe(429);
+      expect(Number(longer.headers["retry-after"])).toBe(2);
+      expect(await events("auth.locked-out", user.id)).toMatchObject([
+        { details: { flow: "second-factor", scope: "account", seconds: 1 } },
+        { details: { flow: "second-factor", scope: "account", seconds: 2 } },
+      ]);
     });
   });
 

@@ -14,6 +14,7 @@ import {
   checkCodeAnswer,
   codeAnswer,
   recordCodeRefused,
+  secondFactorAttempt,
   spendCodeProof,
   throttleSecondFactor,
   totpCode,
@@ -31,6 +32,7 @@ import {
   type SessionPrincipal,
 } from "./sessions.ts";
 import { rememberSignInDevice } from "./sign-in-alerts.ts";
+import { type BackoffTarget, recordSuccess } from "./throttle.ts";
 import {
   beginTotpEnrolment,
   claimTotpStep,
@@ -118,12 +120,14 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
     requestId: string,
     code: { method: CodeMethod; purpose: CodePurpose; reason: CodeRefusal },
     problem: HttpProblem,
+    backoff: readonly BackoffTarget[],
   ): Promise<HttpProblem> {
     await recordCodeRefused(deps, {
       actor: { kind: "user", id: principal.userId },
       userId: principal.userId,
       sessionId: principal.sessionId,
       requestId,
+      backoff,
       ...code,
     });
     return problem;
@@ -216,7 +220,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
     handler: async (request, reply) => {
       const principal = sessionOf(request.principal);
       await requireRecentAuthentication(deps, principal);
-      await throttleSecondFactor(deps, principal.userId);
+      const backoff = await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
       const factor = await db.withPlatform((tx) => findTotpFactor(tx, keyRing, principal.userId));
       if (!factor || factor.confirmedAt !== null) {
@@ -232,6 +236,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           request.requestId,
           { method: "totp", purpose: "enrolment", reason: "wrong-code" },
           new HttpProblem("bad-request", "the code is not right; check the app's clock and try the next one"),
+          backoff,
         );
       }
       const backup = await newBackupCodes(passwords);
@@ -242,6 +247,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
             enrolment: factor.createdAt,
           });
           if (!confirmed) throw new HttpProblem("conflict", "this enrolment was confirmed or replaced meanwhile");
+          await recordSuccess(tx, deps, backoff);
           await storeBackupCodes(tx, principal.userId, backup.hashed, now);
           await audit.record(
             tx,
@@ -362,7 +368,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
       if (!principal || token === undefined) {
         throw new HttpProblem("unauthenticated", "sign in with your password first");
       }
-      await throttleSecondFactor(deps, principal.userId);
+      const backoff = await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
       const check = await checkCodeAnswer(deps, principal.userId, request.body, now);
       if (!check.ok) {
@@ -371,6 +377,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           request.requestId,
           { method: check.method, purpose: "sign-in", reason: check.reason },
           new HttpProblem("second-factor-required", wrongCode(check.reason)),
+          backoff,
         );
       }
       const { proof } = check;
@@ -380,6 +387,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           const completed = await completeSecondFactor(tx, principal.sessionId, token, { method: proof.method }, now);
           // Rolls the spent code back: the half-session ended, or a concurrent completion won.
           if (!completed) throw new HttpProblem("unauthenticated", "this sign-in is no longer pending; sign in again");
+          await recordSuccess(tx, deps, backoff);
           await audit.record(
             tx,
             factorProvenEvent("auth.second-factor", principal, { method: proof.method }, request.requestId),
@@ -401,6 +409,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           request.requestId,
           { method: proof.method, purpose: "sign-in", reason: "replayed" },
           new HttpProblem("second-factor-required", wrongCode("replayed")),
+          backoff,
         );
       }
       setSessionCookie(reply, publicUrl, outcome.completed.token, outcome.completed.expiresAt, now);
@@ -426,7 +435,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
       if (principal.viaReplacedToken || token === undefined) {
         throw new HttpProblem("reauthentication-required", "this session token was replaced; use the current one");
       }
-      await throttleSecondFactor(deps, principal.userId);
+      const backoff = await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
       const check = await checkCodeAnswer(deps, principal.userId, { totpCode: request.body.code }, now);
       if (!check.ok) {
@@ -444,6 +453,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           request.requestId,
           { method: "totp", purpose: "step-up", reason: check.reason },
           new HttpProblem("reauthentication-required", wrongCode(check.reason)),
+          backoff,
         );
       }
       const { proof } = check;
@@ -454,6 +464,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           if (!next) {
             throw new HttpProblem("reauthentication-required", "this session token was replaced; use the current one");
           }
+          await recordSuccess(tx, deps, backoff);
           await audit.record(
             tx,
             factorProvenEvent("auth.reauthenticated", principal, { method: "totp" }, request.requestId),
@@ -468,6 +479,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           request.requestId,
           { method: "totp", purpose: "step-up", reason: "replayed" },
           new HttpProblem("reauthentication-required", wrongCode("replayed")),
+          backoff,
         );
       }
       setSessionCookie(reply, publicUrl, rotated.token, rotated.expiresAt, now);
