@@ -1,6 +1,7 @@
 import type { LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { oathtoolCode, secretOfUri } from "../../../test/support/oathtool.ts";
 import { manualClock } from "../../platform/clock.ts";
 import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
@@ -18,6 +19,7 @@ import {
   createIdentityTestDeps,
   createTestUser,
   sessionHeaders,
+  signIn,
   TEST_PUBLIC_URL,
 } from "./testing.ts";
 
@@ -147,6 +149,39 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
       403,
       "mfa-required",
     );
+  });
+
+  it("end to end: a member signed in with a password is confined until they enrol an app, then the tenant opens", async () => {
+    const tenantId = await tenant();
+    const member = await user();
+    await join(tenantId, member.id, "member");
+    await setPolicy(tenantId, { requireMfa: true });
+    const signedIn = await signIn(app, member.email, member.password);
+    let headers = sessionHeaders(signedIn.cookie);
+    const send = async (method: "GET" | "POST", url: string, payload?: object) => {
+      const response = await app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
+      const rotated = response.cookies.find((cookie) => cookie.name === COOKIE);
+      if (rotated) headers = sessionHeaders(`${COOKIE}=${rotated.value}`);
+      return response;
+    };
+
+    expectProblem(await send("GET", `/api/v1/tenants/${tenantId}`), 403, "mfa-required");
+    expectProblem(await send("GET", `/api/v1/tenants/${tenantId}/members`), 403, "mfa-required");
+    const started = await send("POST", "/api/v1/me/totp");
+    expectProblem(started, 201);
+    const code = await oathtoolCode(secretOfUri(started.json().uri), clock.now());
+    expectProblem(await send("POST", "/api/v1/me/totp/confirm", { code }), 200);
+    // Confirming the app proved it on this session: the tenant opens without signing in again.
+    expectProblem(await send("GET", `/api/v1/tenants/${tenantId}`), 200);
+
+    // A later password sign-in is a half-session until the app's code completes it, and then it opens too.
+    clock.advance(60_000);
+    const again = await signIn(app, member.email, member.password);
+    headers = sessionHeaders(again.cookie);
+    expectProblem(await send("GET", `/api/v1/tenants/${tenantId}`), 401);
+    const next = await oathtoolCode(secretOfUri(started.json().uri), clock.now());
+    expectProblem(await send("POST", "/api/v1/sessions/current/second-factor", { totpCode: next }), 200);
+    expectProblem(await send("GET", `/api/v1/tenants/${tenantId}`), 200);
   });
 
   it("refuses a password session in a tenant that requires SSO, and an SSO factor opens only its own tenant", async () => {
