@@ -1,7 +1,16 @@
 import { sql } from "kysely";
 import type { TextRow, TextRows, Tx } from "../db/index.ts";
-import type { JsonObject } from "./canonical.ts";
-import type { ActorKind, StoredEvent, Stream } from "./event.ts";
+import { canonicalizeAt, type JsonObject } from "./canonical.ts";
+import {
+  type ActorKind,
+  chainedDigest,
+  isHash,
+  pairText,
+  type StoredEvent,
+  type Stream,
+  storedEventHash,
+  v1Text,
+} from "./event.ts";
 import "./schema.ts";
 
 export interface ChainHead {
@@ -190,12 +199,122 @@ function textRowEvent(row: TextRow, tenantId: string | null): StoredEvent | unde
   };
 }
 
-/** Where an event of the stream sits, whether or not its row could be read as an event. */
-export interface StreamedEvent {
-  chainId: string;
-  seq: number;
-  /** Undefined: read this event through `eventAt` (the driver) to know what it holds. */
-  event: StoredEvent | undefined;
+/** `{}` or the elements of a uuid[] literal that are all ids: written as the strings they are. */
+const ID_LIST = /^\{([0-9a-f-]+(?:,[0-9a-f-]+)*)\}$/;
+
+/** A string column as a member of the event: itself between quotes when nothing in it needs escaping. */
+const member = (value: string | null, path: string) => (value === null ? "null" : canonicalizeAt(value, path, 1));
+
+/** A jsonb column's text as a member: `{}` as it is, anything else parsed as the driver parses it. */
+const jsonMember = (text: string, path: string) => (text === "{}" ? "{}" : canonicalizeAt(JSON.parse(text), path, 1));
+
+/**
+ * storedEventHash(textRowEvent(row), seq), written straight from the columns' text: no event object, the
+ * string columns put between quotes as they are when they need no escaping, the subjects' ids joined as
+ * they are. Every member's text is the one writeV1 gives for the same value (event.ts: v1Text writes the
+ * shape for both; a property test holds the two paths equal); a row this does not take in that form goes
+ * the long way. Undefined where the event cannot be hashed or read as the driver would read it.
+ */
+/**
+ * The hash rowHash gave last. The next row of a chain names it as its previous hash, so that one is known to
+ * be 64 lower-case hex digits without testing the pattern again (a measurable share of the time per event).
+ */
+let lastDigest = "";
+
+function rowHash(row: TextRow, tenantId: string | null, seq: number): string | undefined {
+  const prev = row[16] as string | null;
+  const subjects = row[10] as string | null;
+  const details = row[11] as string | null;
+  const personal = row[12] as string | null;
+  const at = row[18] as string | null;
+  if (row.length !== 19 || row[3] !== "1" || (prev !== lastDigest && !isHash(prev))) return longWay(row, tenantId, seq);
+  if (subjects === null || details === null || personal === null || at === null) return undefined;
+  const ids = subjects === "{}" ? "[]" : ID_LIST.exec(subjects)?.[1];
+  if (ids === undefined) return longWay(row, tenantId, seq);
+  const causeKind = row[14] as string | null;
+  const causeId = row[15] as string | null;
+  try {
+    const text = v1Text({
+      action: member(row[7] as string | null, "$.action"),
+      actor: pairText(
+        "id",
+        member(row[6] as string | null, "$.actor.id"),
+        "kind",
+        member(row[5] as string | null, "$.actor.kind"),
+      ),
+      at: member(atOf(at), "$.at"),
+      cause:
+        causeKind === null || causeId === null
+          ? "null"
+          : pairText("id", member(causeId, "$.cause.id"), "kind", member(causeKind, "$.cause.kind")),
+      chain: member(row[1] as string | null, "$.chain"),
+      details: jsonMember(details, "$.details"),
+      id: member(row[0] as string | null, "$.id"),
+      personal: jsonMember(personal, "$.personal"),
+      prev: `"${prev}"`,
+      request: member(row[13] as string | null, "$.request"),
+      seq: String(seq),
+      stream: member(row[4] as string | null, "$.stream"),
+      subjects: ids === "[]" ? ids : `["${ids.replaceAll(",", '","')}"]`,
+      target: pairText(
+        "id",
+        member(row[9] as string | null, "$.target.id"),
+        "type",
+        member(row[8] as string | null, "$.target.type"),
+      ),
+      tenant: member(tenantId, "$.tenant"),
+      v: "1",
+    });
+    lastDigest = chainedDigest(prev as string, text);
+    return lastDigest;
+  } catch {
+    // Outside the canonical form (a fraction in details): only an edit writes that.
+    return undefined;
+  }
+}
+
+/** rowHash the long way: the event as the driver would give it, hashed as verification hashes events. */
+function longWay(row: TextRow, tenantId: string | null, seq: number): string | undefined {
+  try {
+    const event = textRowEvent(row, tenantId);
+    return event && storedEventHash(event, seq);
+  } catch {
+    // A column that does not parse (jsonb text that is not JSON) or a value outside the canonical form.
+    return undefined;
+  }
+}
+
+/** One row of the stream: where its event sits, its links, and the hash its columns give. */
+export class StreamedEvent {
+  readonly #row: TextRow;
+  readonly #tenantId: string | null;
+  readonly chainId: string;
+  readonly seq: number;
+  constructor(row: TextRow, tenantId: string | null) {
+    this.#row = row;
+    this.#tenantId = tenantId;
+    this.chainId = row[CHAIN] as string;
+    this.seq = bigint(row[SEQ] as string);
+  }
+  /** The stored previous hash (null: a NULL where a hash belongs). */
+  get prev(): string | null {
+    return this.#row[16] ?? null;
+  }
+  get hash(): string | null {
+    return this.#row[17] ?? null;
+  }
+  /**
+   * The hash this event's columns give at sequence `seq` (storedEventHash of the event the driver would
+   * read, at `seq`); undefined when they give none, or are not in a form this reads (then read the event
+   * through `eventAt` to know what it holds).
+   */
+  hashAt(seq: number): string | undefined {
+    return rowHash(this.#row, this.#tenantId, seq);
+  }
+  /** The event as the driver reads it; undefined when the row is not in a form this reads as the driver would. */
+  event(): StoredEvent | undefined {
+    return textRowEvent(this.#row, this.#tenantId);
+  }
 }
 
 /**
@@ -217,6 +336,6 @@ export function streamEvents(
         (stream === undefined ? "" : ` AND e.chain_id LIKE '%/${stream}'`);
   // Qualified: unqualified, ORDER BY would take the text output column `seq` (10 before 2).
   return textRows(`SELECT ${TEXT_COLUMNS} ${where} ORDER BY e.chain_id, e.seq`, (row) => {
-    onEvent({ chainId: row[CHAIN] as string, seq: bigint(row[SEQ] as string), event: textRowEvent(row, tenantId) });
+    onEvent(new StreamedEvent(row, tenantId));
   });
 }

@@ -268,15 +268,19 @@ function hasExactly(value: Record<string, unknown>, size: number, has: (key: str
   return keys.length === size && keys.every(has);
 }
 
+/** The text of an object of two members named `a` < `b` (plain names), given their values' canonical texts. */
+export const pairText = (a: string, aText: string, b: string, bText: string) => `{"${a}":${aText},"${b}":${bText}}`;
+
 /** `{ a, b }` (a < b) inside the event, the paths spelled out by the caller; anything else as canonicalize writes it. */
 function pair(value: unknown, path: string, a: string, pathA: string, b: string, pathB: string): string {
   if (!isPlainObject(value) || !hasExactly(value, 2, (k) => k === a || k === b)) {
     return canonicalizeAt(value, path, 1);
   }
-  return `{"${a}":${canonicalizeAt(value[a], pathA, 2)},"${b}":${canonicalizeAt(value[b], pathB, 2)}}`;
+  return pairText(a, canonicalizeAt(value[a], pathA, 2), b, canonicalizeAt(value[b], pathB, 2));
 }
 
-function strings(value: unknown): string {
+/** The text of `subjects`: an array of strings written member by member, anything else as canonicalize writes it. */
+export function subjectsText(value: unknown): string {
   if (!Array.isArray(value)) return canonicalizeAt(value, "$.subjects", 1);
   let text = "[";
   for (let i = 0; i < value.length; i++) {
@@ -297,23 +301,39 @@ function strings(value: unknown): string {
  * event's), which is not hashed.
  */
 function writeV1(e: Record<string, unknown>, seq: unknown): string {
+  return v1Text({
+    action: canonicalizeAt(e.action, "$.action", 1),
+    actor: pair(e.actor, "$.actor", "id", "$.actor.id", "kind", "$.actor.kind"),
+    at: canonicalizeAt(e.at, "$.at", 1),
+    cause: pair(e.cause, "$.cause", "id", "$.cause.id", "kind", "$.cause.kind"),
+    chain: canonicalizeAt(e.chain, "$.chain", 1),
+    details: canonicalizeAt(e.details, "$.details", 1),
+    id: canonicalizeAt(e.id, "$.id", 1),
+    personal: canonicalizeAt(e.personal, "$.personal", 1),
+    prev: canonicalizeAt(e.prev, "$.prev", 1),
+    request: canonicalizeAt(e.request, "$.request", 1),
+    seq: canonicalizeAt(seq, "$.seq", 1),
+    stream: canonicalizeAt(e.stream, "$.stream", 1),
+    subjects: subjectsText(e.subjects),
+    target: pair(e.target, "$.target", "id", "$.target.id", "type", "$.target.type"),
+    tenant: canonicalizeAt(e.tenant, "$.tenant", 1),
+    v: canonicalizeAt(e.v, "$.v", 1),
+  });
+}
+
+/** The canonical text of each member of a version-1 event (without `hash`). */
+export type V1MemberTexts = Record<keyof AuditEvent, string>;
+
+/**
+ * The version-1 text from its members' canonical texts, in the sorted order of their names: the one place
+ * the shape is written, for events (writeV1) and for stored rows read as text (chains.ts).
+ */
+export function v1Text(m: V1MemberTexts): string {
   return (
-    `{"action":${canonicalizeAt(e.action, "$.action", 1)}` +
-    `,"actor":${pair(e.actor, "$.actor", "id", "$.actor.id", "kind", "$.actor.kind")}` +
-    `,"at":${canonicalizeAt(e.at, "$.at", 1)}` +
-    `,"cause":${pair(e.cause, "$.cause", "id", "$.cause.id", "kind", "$.cause.kind")}` +
-    `,"chain":${canonicalizeAt(e.chain, "$.chain", 1)}` +
-    `,"details":${canonicalizeAt(e.details, "$.details", 1)}` +
-    `,"id":${canonicalizeAt(e.id, "$.id", 1)}` +
-    `,"personal":${canonicalizeAt(e.personal, "$.personal", 1)}` +
-    `,"prev":${canonicalizeAt(e.prev, "$.prev", 1)}` +
-    `,"request":${canonicalizeAt(e.request, "$.request", 1)}` +
-    `,"seq":${canonicalizeAt(seq, "$.seq", 1)}` +
-    `,"stream":${canonicalizeAt(e.stream, "$.stream", 1)}` +
-    `,"subjects":${strings(e.subjects)}` +
-    `,"target":${pair(e.target, "$.target", "id", "$.target.id", "type", "$.target.type")}` +
-    `,"tenant":${canonicalizeAt(e.tenant, "$.tenant", 1)}` +
-    `,"v":${canonicalizeAt(e.v, "$.v", 1)}}`
+    `{"action":${m.action},"actor":${m.actor},"at":${m.at},"cause":${m.cause},"chain":${m.chain}` +
+    `,"details":${m.details},"id":${m.id},"personal":${m.personal},"prev":${m.prev},"request":${m.request}` +
+    `,"seq":${m.seq},"stream":${m.stream},"subjects":${m.subjects},"target":${m.target},"tenant":${m.tenant}` +
+    `,"v":${m.v}}`
   );
 }
 
@@ -335,7 +355,7 @@ export function canonicalEvent(event: AuditEvent): string {
  * per-call hash object and the separate update of the previous hash cost more than the digest itself.
  */
 let scratch = Buffer.allocUnsafe(4096);
-function chainedDigest(prev: string, text: string): string {
+export function chainedDigest(prev: string, text: string): string {
   // A UTF-16 code unit takes at most 3 bytes of UTF-8, so the text always fits.
   const room = 32 + 3 * text.length;
   if (room > scratch.length) scratch = Buffer.allocUnsafe(Math.max(room, 2 * scratch.length));

@@ -219,19 +219,20 @@ async function streamPass(textRows: TextRows, owner: string | null, stream: Stre
   const settle = (p: Pass) => {
     if (p.clean && p.expected - 1 === p.head.sequence && p.prev === p.head.hash) clean.set(p.head.chainId, p.events);
   };
-  const check = (p: Pass, { seq, event }: StreamedEvent) => {
+  const check = (p: Pass, event: StreamedEvent) => {
     p.events += 1;
+    const { hash } = event;
     if (
-      event === undefined ||
+      hash === null ||
       p.expected > p.head.sequence ||
-      seq !== p.expected ||
+      event.seq !== p.expected ||
       event.prev !== p.prev ||
-      recompute(event, p.expected) !== event.hash
+      event.hashAt(p.expected) !== hash
     ) {
       p.clean = false;
       return;
     }
-    p.prev = event.hash;
+    p.prev = hash;
     p.expected += 1;
   };
 
