@@ -315,7 +315,7 @@ describe.each(DATABASE_KINDS)("audit log on %s", (kind) => {
     expect((await verifyChains(t.db, { stream: "security" })).failures).toEqual([]);
   });
 
-  it("wakes append listeners with the tenant and sequence; a throwing listener does not break the append", async () => {
+  it("wakes append listeners after the commit, never for a rollback; a throwing listener does not break the append", async () => {
     const tenant = await newTenant();
     const seen: Appended[] = [];
     const stop = audit.onAppend((a) => seen.push(a));
@@ -323,7 +323,17 @@ describe.each(DATABASE_KINDS)("audit log on %s", (kind) => {
       throw new Error("listener bug");
     });
     try {
-      await inTenant(tenant, (tx) => audit.record(tx, change(tenant.id)));
+      await inTenant(tenant, async (tx) => {
+        await audit.record(tx, change(tenant.id));
+        // Not yet: the transaction may still roll back.
+        expect(seen).toEqual([]);
+      });
+      await expect(
+        inTenant(tenant, async (tx) => {
+          await audit.record(tx, change(tenant.id));
+          throw new Error("the change fails after its event was appended");
+        }),
+      ).rejects.toThrow(/change fails/);
     } finally {
       stop();
       stopBad();

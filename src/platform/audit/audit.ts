@@ -52,12 +52,12 @@ export interface Audit {
   /**
    * Registers a listener for appends, e.g. a dispatcher that wakes per tenant; returns its removal.
    *
-   * The database offers no commit hook, so the listener is called right after the append, inside the
-   * appending transaction, which may still roll back or not have committed yet. A call is therefore a hint,
-   * never a delivery: the dispatcher reads the chain by cursor (seq greater than the last it handled) in a
-   * transaction of its own, where only committed events are visible, and also polls on a timer, since a
-   * wake-up can arrive before the commit it announces is visible. A listener must not throw and must not
-   * use the database synchronously; an error it throws is ignored, so it can never break an append.
+   * A listener is called once the appending transaction has committed (db.afterCommit), once per record or
+   * recordMany call, and never for an append that rolled back, so every wake-up names events that other
+   * transactions can read. It is still a hint, not a delivery: a process that stops between the commit and
+   * the call loses the wake-up, so the dispatcher reads each chain by cursor (seq greater than the last it
+   * handled) and also polls on a timer. A listener must not throw; an error it throws is ignored, so it can
+   * never turn a committed append into a failure.
    */
   onAppend(listener: (appended: Appended) => void): () => void;
   /** Decrypts the personal details of one subject in an event; DecryptionError once the subject is erased. */
@@ -212,13 +212,17 @@ export function createAudit(options: AuditOptions): Audit {
         .where("chain_id", "=", chainId)
         .execute();
     }
-    const appended: Appended = { tenantId, chainId, stream, seq: first + stored.length - 1 };
-    for (const listener of listeners) {
-      try {
-        listener(appended);
-      } catch {
-        // A wake-up is a hint (see onAppend): the dispatcher's poll covers one that was lost.
-      }
+    if (listeners.size > 0) {
+      const appended: Appended = { tenantId, chainId, stream, seq: first + stored.length - 1 };
+      db.afterCommit(() => {
+        for (const listener of listeners) {
+          try {
+            listener(appended);
+          } catch {
+            // A wake-up is a hint (see onAppend): the dispatcher's poll covers one that was lost.
+          }
+        }
+      });
     }
     return stored;
   }

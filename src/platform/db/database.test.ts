@@ -254,6 +254,38 @@ describe.each(DATABASE_KINDS)("database on %s", (kind) => {
       expect(() => t.db.recordOnFailure(async () => {})).toThrow(/open transaction/);
     });
 
+    it("afterCommit runs once the transaction committed, in order, never after a rollback", async () => {
+      const key = newKey();
+      const calls: string[] = [];
+      const result = await t.db.withTenant({ tenantId: a.id }, async () => {
+        await t.db.withPlatform(async (ptx) => {
+          await insertBucket(ptx, key);
+          // Joined to the tenant's transaction: runs when that one commits.
+          t.db.afterCommit(() => calls.push("joined platform work"));
+        });
+        t.db.afterCommit(() => {
+          calls.push("tenant work");
+          throw new Error("a callback bug cannot fail a committed transaction");
+        });
+        t.db.afterCommit(() => calls.push("after the throwing one"));
+        expect(calls).toEqual([]);
+        return "done";
+      });
+      expect(result).toBe("done");
+      expect(calls).toEqual(["joined platform work", "tenant work", "after the throwing one"]);
+      expect(await bucketExists(t.db, key)).toBe(true);
+
+      const failure = new Error("rolled back");
+      await expect(
+        t.db.withTenant({ tenantId: a.id }, async () => {
+          t.db.afterCommit(() => calls.push("rolled back work"));
+          throw failure;
+        }),
+      ).rejects.toBe(failure);
+      expect(calls).not.toContain("rolled back work");
+      expect(() => t.db.afterCommit(() => {})).toThrow(/open transaction/);
+    });
+
     it("a statement error swallowed inside fn does not commit the rest of the work", async () => {
       const key = newKey();
       await expect(

@@ -57,6 +57,8 @@ interface Frame {
   kind: "tenant" | "platform" | "snapshot";
   tx: Tx;
   failureRecords: FailureRecord[];
+  /** Run once the transaction has committed (see Database.afterCommit). */
+  afterCommit: (() => void)[];
   /** False once the transaction ended: work it left behind (a timer, a pending promise) is no longer inside it. */
   open: boolean;
 }
@@ -83,6 +85,14 @@ export interface Database {
    * it runs in its own short platform transaction after the rollback. Outside a transaction it throws.
    */
   recordOnFailure(record: FailureRecord): void;
+  /**
+   * Registers a callback to run once the current transaction has committed, and never if it rolls back: for
+   * wake-ups (an audit append's listeners) that must not announce what may still be undone. Callbacks run
+   * in order, right after COMMIT returns and before the transaction's caller resumes, outside any
+   * transaction. They must not throw: the data is committed by then, so an error a callback throws is
+   * dropped rather than reported as the transaction's failure. Outside a transaction it throws.
+   */
+  afterCommit(callback: () => void): void;
   /**
    * For the job queue (pg-boss's `db` adapter) and nothing else: runs one statement with parameters, or a
    * parameterless script of several (pg-boss's maintenance wraps its own BEGIN … COMMIT), as charter_app with
@@ -126,9 +136,10 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
     setup: TransactionSetup,
     fn: (tx: Tx, runner: TransactionRunner) => Promise<T>,
   ): Promise<T> {
-    const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [], open: true };
+    const frame: Frame = { kind, tx: undefined as unknown as Tx, failureRecords: [], afterCommit: [], open: true };
+    let value: T;
     try {
-      return await engine.transaction(setup, (runner) => {
+      value = await engine.transaction(setup, (runner) => {
         const bound = bindTransaction(runner);
         frame.tx = bound.tx;
         // async: a callback that throws before returning a promise must still end its handle.
@@ -149,6 +160,14 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
       }
       throw error;
     }
+    for (const callback of frame.afterCommit) {
+      try {
+        callback();
+      } catch {
+        // Committed already: see afterCommit.
+      }
+    }
+    return value;
   }
 
   function openFrame(): Frame | undefined {
@@ -270,6 +289,11 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
       const open = openFrame();
       if (!open) throw new Error("recordOnFailure needs an open transaction");
       open.failureRecords.push(record);
+    },
+    afterCommit(callback) {
+      const open = openFrame();
+      if (!open) throw new Error("afterCommit needs an open transaction");
+      open.afterCommit.push(callback);
     },
     async queueSql(sql, params = []) {
       refuseNesting("queueSql");
