@@ -221,12 +221,15 @@ auditCommands(
     report(await maintenance(name, config(), run, args).catch(fail));
   },
   () => {
-    const paths = prepareDataDir(config().dataDir);
+    const cfg = config();
+    const paths = prepareDataDir(cfg.dataDir);
     return {
       dir: paths.checkpoints,
       clock: systemClock,
       existingKey: () => existingSigningKey(paths),
       key: () => loadSigningKey(paths),
+      paths,
+      callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
     };
   },
 );

@@ -1,6 +1,7 @@
 import { Readable } from "node:stream";
 import type { FastifyReply } from "fastify";
-import { CheckpointError, checkpointsForChains } from "../../platform/audit/checkpoints.ts";
+import { checkpointsForChains } from "../../platform/audit/checkpoint-verify.ts";
+import { CheckpointError } from "../../platform/audit/checkpoints.ts";
 import { exportBatches } from "../../platform/audit/export.ts";
 import { canonicalize, STREAMS, type Stream, tenantChainId } from "../../platform/audit/index.ts";
 import { HttpProblem } from "../../platform/http/problem.ts";
@@ -53,8 +54,10 @@ export async function* csvLines(deps: AuditLogDeps, tenantId: string, filters: E
 /**
  * The JSON Lines export of the tenant's chains (one stream, or all three), each as `charter audit export`
  * writes it: its events in sequence order, one canonical event with its hash per line, then one
- * `{"checkpoint": …}` line for each signed checkpoint covering it, with the inclusion proof of its head. Every
- * line names its chain (`chain` in events, `head.chain` in checkpoints), so the chains are told apart.
+ * `{"checkpoint": …}` line for each signed checkpoint covering it, with the inclusion proof of its head, and a
+ * `{"keyRotation": …}` line for each rotation of the signing key, in the order of the chain of records. Event
+ * and checkpoint lines name their chain (`chain` in events, `head.chain` in checkpoints); each chain's part
+ * repeats the rotations, so that it verifies on its own.
  *
  * The checkpoints are read and verified before anything is sent (a store that does not verify refuses the
  * export with 409), and before the events are read, so that every head they sign is among the events sent.
@@ -87,9 +90,7 @@ export async function jsonLines(
       for await (const batch of exportBatches(deps.db, { tenantId, stream: s })) {
         for (const event of batch) yield `${canonicalize(event)}\n`;
       }
-      for (const checkpoint of covering.get(tenantChainId(tenantId, s)) ?? []) {
-        yield `${canonicalize({ checkpoint })}\n`;
-      }
+      for (const line of covering.get(tenantChainId(tenantId, s)) ?? []) yield `${canonicalize(line)}\n`;
     }
   })();
 }

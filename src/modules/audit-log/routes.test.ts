@@ -3,7 +3,7 @@ import { rmSync } from "node:fs";
 import { Validator } from "@seriousme/openapi-schema-validator";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
-import { headLeafHash, signatureValid } from "../../platform/audit/checkpoint-record.ts";
+import { type CheckpointRecord, headLeafHash, signatureValid } from "../../platform/audit/checkpoint-record.ts";
 import { createCheckpoint } from "../../platform/audit/checkpoints.ts";
 import { canonicalize, eventHash, type NewEvent, type StoredEvent } from "../../platform/audit/index.ts";
 import { verifyInclusion } from "../../platform/audit/merkle.ts";
@@ -358,7 +358,7 @@ describe.each(DATABASE_KINDS)("the audit log API on %s", (kind) => {
       for (const line of lines) {
         if ("checkpoint" in line) {
           const c = line.checkpoint as {
-            record: Parameters<typeof signatureValid>[0]["record"];
+            record: CheckpointRecord;
             sig: string;
             head: { chain: string; seq: number; hash: string };
             index: number;

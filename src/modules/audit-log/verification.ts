@@ -1,5 +1,5 @@
 import type { CheckpointRecord } from "../../platform/audit/checkpoint-record.ts";
-import { verifyCheckpointsReport } from "../../platform/audit/checkpoints.ts";
+import { verifyCheckpointsReport } from "../../platform/audit/checkpoint-verify.ts";
 import { verifyChains } from "../../platform/audit/index.ts";
 import type { AuditLogDeps } from "./deps.ts";
 

@@ -4,10 +4,13 @@ declare module "../db/schema.ts" {
   }
 }
 
-/** Migration 0008: one signed checkpoint record (checkpoint-record.ts); INSERT-only for the runtime role. */
+/**
+ * Migration 0008 (0015 adds the key-rotation type): one signed record of the checkpoint chain
+ * (checkpoint-record.ts); INSERT-only for the runtime role.
+ */
 export interface AuditCheckpointsTable {
   seq: number;
-  type: "checkpoint";
+  type: "checkpoint" | "key-rotation";
   /** The record in canonical JSON, exactly as signed. */
   record: string;
   /** Ed25519 signature, base64url. */

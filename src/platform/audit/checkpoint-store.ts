@@ -1,59 +1,82 @@
-import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync, truncateSync } from "node:fs";
+import {
+  closeSync,
+  createReadStream,
+  existsSync,
+  fstatSync,
+  openSync,
+  readdirSync,
+  readSync,
+  truncateSync,
+} from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { z } from "zod";
-import { fsyncDirectory } from "../crypto/journal.ts";
+import { fsyncDirectory } from "../crypto/key-file.ts";
 import type { Tx } from "../db/index.ts";
+import { canonicalize } from "./canonical.ts";
+import type { HeadChange } from "./checkpoint-heads.ts";
 import {
-  type CheckpointHead,
-  type CheckpointRecord,
+  type ChainRecord,
+  chainSchema,
   headSchema,
   recordHash,
   recordSchema,
-  type SignedCheckpoint,
+  type SignedRecord,
   signatureSchema,
 } from "./checkpoint-record.ts";
 import "./checkpoint-schema.ts";
-import { canonicalize } from "./canonical.ts";
 
 /**
- * The two places every checkpoint is kept, so that rolling back one of them shows against the other:
- * daily files in the data directory's `checkpoints/` (outside the database, with the heads themselves, so
- * inclusion proofs can be rebuilt) and the INSERT-only table audit_checkpoints (migration 0008).
+ * The two places every record of the checkpoint chain is kept, so that rolling back one of them shows against
+ * the other: daily files in the data directory's `checkpoints/` (outside the database, with the heads
+ * themselves, so inclusion proofs can be rebuilt) and the INSERT-only table audit_checkpoints (migration 0008).
  *
- * A file is `YYYY-MM-DD.jsonl` (the UTC day of the records in it), one canonical JSON line per checkpoint:
- * `{"heads":[{"chain":…,"hash":…,"seq":…},…],"record":{…},"sig":"<base64url>"}`. Each line is written in
- * one call ending in its newline and flushed before the row commits; an unterminated last line is an append
- * whose transaction never committed, so readers leave it out and the next append cuts it off.
+ * A file is `YYYY-MM-DD.jsonl` (the UTC day of the records in it), one canonical JSON line per record, in one
+ * of these shapes:
+ *
+ * - version 1 (written before changed-heads lines; still read): `{"heads":[…every head…],"record":{…},"sig":…}`
+ * - version 2, a checkpoint: `{"base":…,"changed":[…],"record":{…},"removed":[…],"sig":…,"v":2}` — with base
+ *   "empty", `changed` lists every head (the first line of each daily file, and the first a process writes);
+ *   with base "previous", only the heads that changed since the checkpoint line before it, and `removed` the
+ *   chains that are gone (checkpoint-heads.ts)
+ * - version 2, a key rotation: `{"record":{…},"sig":…,"v":2}` (it changes no head)
+ *
+ * Each line is written in one call ending in its newline and flushed before the row commits; an unterminated
+ * last line is an append whose transaction never committed, so readers leave it out and the next append cuts
+ * it off. Readers go through the files line by line, never holding a file whole.
  */
 
 const FILE = /^\d{4}-\d{2}-\d{2}\.jsonl$/;
 
-/** A checkpoint read from a file, with the heads its tree was built over. */
-export interface FileCheckpoint extends SignedCheckpoint {
-  heads: CheckpointHead[];
+/** A record read from a file, with the change of heads its line carries (checkpoints only). */
+export interface FileRecord extends SignedRecord {
+  change: HeadChange | undefined;
   /** `file:line`, for reports. */
   where: string;
 }
 
-/** A checkpoint read from the table. */
-export type RowCheckpoint = SignedCheckpoint;
-
-/** A line or row that is not a checkpoint as this code writes them: altered or damaged. */
+/** A line or row that is not a record as this code writes them: altered or damaged. */
 export interface Unreadable {
   where: string;
   /** The sequence number it claims, when that much could be read. */
   seq: number | undefined;
 }
 
-const lineSchema = z.strictObject({
-  heads: z.array(headSchema),
-  record: z.unknown(),
-  sig: signatureSchema,
+const signedLine = { record: z.unknown(), sig: signatureSchema };
+const lineV1 = z.strictObject({ heads: z.array(headSchema), ...signedLine });
+const checkpointLineV2 = z.strictObject({
+  v: z.literal(2),
+  base: z.enum(["empty", "previous"]),
+  changed: z.array(headSchema),
+  removed: z.array(chainSchema),
+  ...signedLine,
 });
+const rotationLineV2 = z.strictObject({ v: z.literal(2), ...signedLine });
 
-function lineText(checkpoint: SignedCheckpoint, heads: readonly CheckpointHead[]): string {
-  return canonicalize({ heads, record: checkpoint.record, sig: checkpoint.sig });
+/** The line of a record: canonical JSON, in the version 2 shapes. */
+function lineText(entry: SignedRecord, change: HeadChange | undefined): string {
+  const signed = { record: entry.record, sig: entry.sig, v: 2 };
+  return canonicalize(change ? { ...signed, ...change } : signed);
 }
 
 function claimedSeq(value: unknown): number | undefined {
@@ -61,23 +84,54 @@ function claimedSeq(value: unknown): number | undefined {
   return typeof seq === "number" && Number.isSafeInteger(seq) ? seq : undefined;
 }
 
+/** The line's shape, told by its version and its record's type, and what it carries. */
+function readLine(json: unknown): { record: unknown; sig: string; change: HeadChange | undefined } | undefined {
+  const { v, record } = (json ?? {}) as { v?: unknown; record?: { type?: unknown } };
+  if (v === undefined) {
+    const line = lineV1.safeParse(json);
+    if (!line.success || record?.type !== "checkpoint") return undefined;
+    return { ...line.data, change: { base: "empty", changed: line.data.heads, removed: [] } };
+  }
+  if (record?.type === "key-rotation") {
+    const line = rotationLineV2.safeParse(json);
+    return line.success ? { ...line.data, change: undefined } : undefined;
+  }
+  const line = checkpointLineV2.safeParse(json);
+  if (!line.success) return undefined;
+  const { base, changed, removed } = line.data;
+  return { record: line.data.record, sig: line.data.sig, change: { base, changed, removed } };
+}
+
+function isCanonical(json: unknown, text: string): boolean {
+  try {
+    return canonicalize(json as object) === text;
+  } catch {
+    return false;
+  }
+}
+
 /** Parses one line; it must be exactly the canonical text of what it parses to. */
-function parseLine(text: string, where: string): FileCheckpoint | Unreadable {
+function parseLine(text: string, where: string): FileRecord | Unreadable {
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch {
     return { where, seq: undefined };
   }
-  const line = lineSchema.safeParse(json);
-  const record = recordSchema.safeParse(line.success ? line.data.record : undefined);
-  if (!line.success || !record.success) return { where, seq: claimedSeq(json) };
-  const checkpoint = { record: record.data as CheckpointRecord, sig: line.data.sig, hash: recordHash(record.data) };
-  if (lineText(checkpoint, line.data.heads) !== text) return { where, seq: record.data.seq };
-  return { ...checkpoint, heads: line.data.heads, where };
+  const line = readLine(json);
+  const record = recordSchema.safeParse(line?.record);
+  if (!line || !record.success) return { where, seq: claimedSeq(json) };
+  if (!isCanonical(json, text)) return { where, seq: record.data.seq };
+  return {
+    record: record.data as ChainRecord,
+    sig: line.sig,
+    hash: recordHash(record.data),
+    change: line.change,
+    where,
+  };
 }
 
-export const isUnreadable = <T extends SignedCheckpoint>(entry: T | Unreadable): entry is Unreadable =>
+export const isUnreadable = <T extends SignedRecord>(entry: T | Unreadable): entry is Unreadable =>
   !("record" in entry);
 
 /** The daily files in order of their days. */
@@ -88,24 +142,36 @@ function checkpointFiles(dir: string): string[] {
     .sort();
 }
 
-/** Every complete line of every daily file, in order; modifies nothing. */
-export function readCheckpointFiles(dir: string): (FileCheckpoint | Unreadable)[] {
-  const entries: (FileCheckpoint | Unreadable)[] = [];
-  for (const name of checkpointFiles(dir)) {
-    const content = readFileSync(join(dir, name), "utf8");
-    const lines = content
-      .slice(0, content.lastIndexOf("\n") + 1)
-      .split("\n")
-      .slice(0, -1);
-    for (const [index, text] of lines.entries()) entries.push(parseLine(text, `${name}:${index + 1}`));
+/** The complete lines of a file, read a chunk at a time; an unterminated last line is left out. */
+async function* completeLines(path: string): AsyncGenerator<string> {
+  let pending: Buffer[] = [];
+  for await (const chunk of createReadStream(path) as AsyncIterable<Buffer>) {
+    let start = 0;
+    for (let end = chunk.indexOf(0x0a); end >= 0; end = chunk.indexOf(0x0a, start)) {
+      pending.push(chunk.subarray(start, end));
+      yield Buffer.concat(pending).toString("utf8");
+      pending = [];
+      start = end + 1;
+    }
+    if (start < chunk.length) pending.push(chunk.subarray(start));
   }
-  return entries;
+}
+
+/** Every complete line of every daily file, in order, one at a time; modifies nothing. */
+export async function* readCheckpointLines(dir: string): AsyncGenerator<FileRecord | Unreadable> {
+  for (const name of checkpointFiles(dir)) {
+    let number = 0;
+    for await (const text of completeLines(join(dir, name))) {
+      number += 1;
+      yield parseLine(text, `${name}:${number}`);
+    }
+  }
 }
 
 const TAIL_CHUNK = 64 * 1024;
 
-/** The file's last complete line, where complete lines end, and its size; read from the end. */
-function lastCompleteLine(path: string): { text: string | undefined; completeBytes: number; size: number } {
+/** A file's last `count` complete lines (fewer if it has fewer), where complete lines end, and its size. */
+function lastCompleteLines(path: string, count: number): { lines: string[]; completeBytes: number; size: number } {
   const fd = openSync(path, "r");
   try {
     const size = fstatSync(fd).size;
@@ -113,13 +179,13 @@ function lastCompleteLine(path: string): { text: string | undefined; completeByt
     let position = size;
     for (;;) {
       const end = tail.lastIndexOf(0x0a);
-      if (end >= 0) {
-        const start = end === 0 ? -1 : tail.lastIndexOf(0x0a, end - 1);
-        if (start >= 0 || position === 0) {
-          return { text: tail.subarray(start + 1, end).toString("utf8"), completeBytes: position + end + 1, size };
+      if (end >= 0 || position === 0) {
+        const parts = end >= 0 ? tail.subarray(0, end).toString("utf8").split("\n") : [];
+        // Unless the file is read from its start, the first part is the end of a line that begins before.
+        const whole = position === 0 ? parts : parts.slice(1);
+        if (whole.length >= count || position === 0) {
+          return { lines: whole.slice(-count), completeBytes: end >= 0 ? position + end + 1 : 0, size };
         }
-      } else if (position === 0) {
-        return { text: undefined, completeBytes: 0, size };
       }
       const length = Math.min(TAIL_CHUNK, position);
       position -= length;
@@ -132,31 +198,38 @@ function lastCompleteLine(path: string): { text: string | undefined; completeByt
   }
 }
 
-/** The last checkpoint written to the files, without reading them whole; undefined when there is none. */
-export function lastFileCheckpoint(dir: string): FileCheckpoint | Unreadable | undefined {
+/**
+ * The last `count` records written to the files, oldest first, without reading the files whole: fewer when
+ * the files hold fewer.
+ */
+export function lastFileRecords(dir: string, count: number): (FileRecord | Unreadable)[] {
+  const found: (FileRecord | Unreadable)[] = [];
   for (const name of checkpointFiles(dir).reverse()) {
-    const { text } = lastCompleteLine(join(dir, name));
-    if (text !== undefined) return parseLine(text, name);
+    const { lines } = lastCompleteLines(join(dir, name), count - found.length);
+    const first = lines.length;
+    // Numbered from the end of the file: only the position among its last lines is known without reading it.
+    found.unshift(...lines.map((text, i) => parseLine(text, `${name} (line ${first - i} from the end)`)));
+    if (found.length >= count) break;
   }
-  return undefined;
+  return found;
 }
 
-/** Appends one checkpoint to its day's file and flushes it (and the directory, for a new file). */
+/** Appends one record to its day's file and flushes it (and the directory, for a new file). */
 export async function appendCheckpointLine(
   dir: string,
-  checkpoint: SignedCheckpoint,
-  heads: readonly CheckpointHead[],
+  entry: SignedRecord,
+  change: HeadChange | undefined,
 ): Promise<void> {
-  const path = join(dir, `${checkpoint.record.at.slice(0, 10)}.jsonl`);
+  const path = join(dir, `${entry.record.at.slice(0, 10)}.jsonl`);
   const isNew = !existsSync(path);
   if (!isNew) {
     // A torn line of an append that never committed: cut off, or the new line would be glued to it.
-    const { completeBytes, size } = lastCompleteLine(path);
+    const { completeBytes, size } = lastCompleteLines(path, 1);
     if (size > completeBytes) truncateSync(path, completeBytes);
   }
   const handle = await open(path, "a", 0o600);
   try {
-    await handle.writeFile(`${lineText(checkpoint, heads)}\n`, "utf8");
+    await handle.writeFile(`${lineText(entry, change)}\n`, "utf8");
     await handle.sync();
   } finally {
     await handle.close();
@@ -164,19 +237,19 @@ export async function appendCheckpointLine(
   if (isNew) fsyncDirectory(dir);
 }
 
-export async function insertCheckpointRow(tx: Tx, checkpoint: SignedCheckpoint): Promise<void> {
+export async function insertCheckpointRow(tx: Tx, entry: SignedRecord): Promise<void> {
   await tx
     .insertInto("audit_checkpoints")
     .values({
-      seq: checkpoint.record.seq,
-      type: checkpoint.record.type,
-      record: canonicalize(checkpoint.record),
-      signature: checkpoint.sig,
+      seq: entry.record.seq,
+      type: entry.record.type,
+      record: canonicalize(entry.record),
+      signature: entry.sig,
     })
     .execute();
 }
 
-function parseRow(row: { seq: number; type: string; record: string; signature: string }): RowCheckpoint | Unreadable {
+function parseRow(row: { seq: number; type: string; record: string; signature: string }): SignedRecord | Unreadable {
   const where = `audit_checkpoints seq ${row.seq}`;
   let json: unknown;
   try {
@@ -187,7 +260,7 @@ function parseRow(row: { seq: number; type: string; record: string; signature: s
   const record = recordSchema.safeParse(json);
   const sig = signatureSchema.safeParse(row.signature);
   if (!record.success || !sig.success) return { where, seq: row.seq };
-  const parsed = record.data as CheckpointRecord;
+  const parsed = record.data as ChainRecord;
   if (canonicalize(parsed) !== row.record || parsed.seq !== row.seq || parsed.type !== row.type) {
     return { where, seq: row.seq };
   }
@@ -195,7 +268,7 @@ function parseRow(row: { seq: number; type: string; record: string; signature: s
 }
 
 /** Every row of audit_checkpoints, in order of seq. */
-export async function readCheckpointRows(tx: Tx): Promise<(RowCheckpoint | Unreadable)[]> {
+export async function readCheckpointRows(tx: Tx): Promise<(SignedRecord | Unreadable)[]> {
   const rows = await tx
     .selectFrom("audit_checkpoints")
     .select(["seq", "type", "record", "signature"])
@@ -205,7 +278,7 @@ export async function readCheckpointRows(tx: Tx): Promise<(RowCheckpoint | Unrea
 }
 
 /** The row with the highest seq, if any. */
-export async function lastCheckpointRow(tx: Tx): Promise<RowCheckpoint | Unreadable | undefined> {
+export async function lastCheckpointRow(tx: Tx): Promise<SignedRecord | Unreadable | undefined> {
   const row = await tx
     .selectFrom("audit_checkpoints")
     .select(["seq", "type", "record", "signature"])

@@ -7,27 +7,37 @@ import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../te
 import { manualClock } from "../clock.ts";
 import { SigningKey } from "../crypto/signing-key.ts";
 import { createTestKeyRing } from "../crypto/testing.ts";
+import type { Database } from "../db/index.ts";
 import { uuidv7 } from "../ids.ts";
 import { eventually, testJobs } from "../jobs/testing.ts";
 import { createTenant, type Tenant } from "../tenancy/tenants.ts";
 import { type Audit, createAudit } from "./audit.ts";
 import { canonicalize } from "./canonical.ts";
-import { type CheckpointRecord, headLeafHash, signCheckpoint } from "./checkpoint-record.ts";
+import { HeadSet } from "./checkpoint-heads.ts";
+import { type CheckpointRecord, headLeafHash, signKeyRotation, signRecord } from "./checkpoint-record.ts";
 import {
   CHECKPOINT_CHAIN,
-  CHECKPOINT_JOB,
-  CheckpointError,
+  type ChainCheckpoint,
+  type CoveringRecord,
   checkpointCheck,
-  checkpointCommand,
   checkpointsForChain,
+  verifyCheckpoints,
+} from "./checkpoint-verify.ts";
+import {
+  appendKeyRotation,
+  CHECKPOINT_JOB,
+  CHECKPOINT_RECOVERED,
+  CheckpointError,
+  checkpointCommand,
   createCheckpoint,
   scheduleCheckpoints,
-  verifyCheckpoints,
 } from "./checkpoints.ts";
-import { eventHash, hashedFields, type StoredEvent, tenantChainId } from "./event.ts";
+import { eventHash, hashedFields, platformChainId, type StoredEvent, SYSTEM_ACTOR, tenantChainId } from "./event.ts";
 import { verifyInclusion } from "./merkle.ts";
 
 const quote = (text: string) => `'${text.replaceAll("'", "''")}'`;
+const checkpointsOf = (covering: CoveringRecord[]): ChainCheckpoint[] =>
+  covering.flatMap((line) => ("checkpoint" in line ? [line.checkpoint] : []));
 
 describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
   let t: TestDatabase | undefined;
@@ -83,9 +93,8 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
     await checkpoint();
     // Across midnight: the third checkpoint starts the next day's file.
     await checkpoint();
-    const verify = (verifier: { keyId: string; publicKeyPem: string } = signingKey) =>
-      verifyCheckpoints({ db, dir: dir as string, verifier });
-    return { db, t, dir, clock, signingKey, writer, a, b, events, append, checkpoint, verify };
+    const verify = (verifier: SigningKey = signingKey) => verifyCheckpoints({ db, dir: dir as string, verifier });
+    return { db, t, dir, clock, audit, signingKey, writer, a, b, events, append, checkpoint, verify };
   }
 
   const files = (where: string) => readdirSync(where).sort();
@@ -99,9 +108,16 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
     expect(report.latest).toMatchObject({ v: 1, type: "checkpoint", seq: 3, leaves: 2 });
     const chains = [tenantChainId(a.id, "changes"), tenantChainId(b.id, "changes")].sort();
     const lines = files(dir).flatMap((f) => readFileSync(join(dir, f), "utf8").trimEnd().split("\n"));
-    const last = JSON.parse(lines.at(-1) as string);
-    expect(last.heads.map((h: { chain: string }) => h.chain)).toEqual(chains);
-    expect(canonicalize(last)).toBe(lines.at(-1));
+    // The first line of a day lists every head; the next ones only what changed since the line before.
+    const parsed = lines.map((line) => JSON.parse(line));
+    expect(parsed.map((l) => [l.v, l.base, l.changed.length, l.removed.length])).toEqual([
+      [2, "empty", 2, 0],
+      [2, "previous", 1, 0],
+      [2, "empty", 2, 0],
+    ]);
+    expect(parsed[1].changed.map((h: { chain: string }) => h.chain)).toEqual([tenantChainId(a.id, "changes")]);
+    expect(parsed.at(-1).changed.map((h: { chain: string }) => h.chain)).toEqual(chains);
+    expect(parsed.map((l) => canonicalize(l))).toEqual(lines);
     expect(await checkpointCommand(writer)).toEqual({
       exitCode: 0,
       output: expect.stringMatching(/^checkpoint 4 at 2026-06-02T00:01:00.000Z: 2 chains, root [0-9a-f]{64}, key /),
@@ -247,10 +263,11 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
       prev: createHash("sha256").update(last.record).digest("hex"),
       keyId: other.keyId,
     };
-    const forged = signCheckpoint(record, other);
+    const forged = signRecord(record, other);
+    // In the shape of a version 1 line, which lists every head.
     const heads = JSON.parse(
       readFileSync(join(dir, "2026-06-02.jsonl"), "utf8").trimEnd().split("\n").at(-1) as string,
-    ).heads;
+    ).changed;
     appendFileSync(
       join(dir, "2026-06-02.jsonl"),
       `${canonicalize({ heads, record: forged.record, sig: forged.sig })}\n`,
@@ -269,7 +286,7 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
   it("an export's checkpoints: each with the chain's head and an inclusion proof that verifies on its own", async () => {
     const { db, dir, signingKey, a, b, events } = await setup();
     const chainId = tenantChainId(a.id, "changes");
-    const covering = await checkpointsForChain({ db, dir, verifier: signingKey, chainId });
+    const covering = checkpointsOf(await checkpointsForChain({ db, dir, verifier: signingKey, chainId }));
     // Checkpoint 1 first signed seq 4, checkpoint 2 seq 6; checkpoint 3 is the latest to name the chain.
     expect(covering.map((c) => [c.record.seq, c.head.seq])).toEqual([
       [1, 4],
@@ -299,5 +316,233 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
       await jobs.stop();
     }
     expect(CHECKPOINT_JOB).toBe("audit.checkpoint");
+  });
+  /** The problems of a report as [chain, sequence, kind]. */
+  const kinds = (report: { problems: { chainId: string; sequence: number; kind: string }[] }) =>
+    report.problems.map((p) => [p.chainId, p.sequence, p.kind]);
+  const fileLines = (path: string) => readFileSync(path, "utf8").trimEnd().split("\n");
+  const writeLines = (path: string, lines: string[]) => writeFileSync(path, `${lines.join("\n")}\n`);
+
+  it("a checkpoint after a change to 1 of N chains writes 1 head; exports still prove every chain", async () => {
+    const { db, dir, audit, a, append, checkpoint, verify, signingKey } = await setup();
+    // More chains: the platform chains of a dozen users (sharded by actor).
+    for (let i = 0; i < 12; i++) {
+      await db.withPlatform((tx) =>
+        audit.record(tx, {
+          tenantId: null,
+          stream: "security",
+          actor: { kind: "user", id: uuidv7() },
+          action: "auth.signed-in",
+          target: { type: "user", id: null },
+        }),
+      );
+    }
+    const wider = await checkpoint();
+    const chains = wider.heads.length;
+    expect(chains).toBeGreaterThan(4);
+    await append(a, 1);
+    const made = await checkpoint();
+    const last = JSON.parse(fileLines(join(dir, "2026-06-02.jsonl")).at(-1) as string);
+    expect(last).toMatchObject({
+      v: 2,
+      base: "previous",
+      removed: [],
+      record: { seq: made.record.seq, leaves: chains },
+    });
+    expect(last.changed).toEqual([made.heads.find((h) => h.chain === tenantChainId(a.id, "changes"))]);
+    expect((await verify()).problems).toEqual([]);
+    // The inclusion proof of a chain that did not change is built from the heads rebuilt line by line.
+    const platformChain = (wider.heads.find((h) => h.chain.startsWith("platform/security/")) as { chain: string })
+      .chain;
+    const proven = checkpointsOf(await checkpointsForChain({ db, dir, verifier: signingKey, chainId: platformChain }));
+    expect(proven.map((c) => c.record.seq)).toEqual([wider.record.seq, made.record.seq]);
+    for (const c of proven) {
+      expect(verifyInclusion(headLeafHash(c.head), c.index, c.record.leaves, c.proof, c.record.root)).toBe(true);
+    }
+  });
+
+  it("version 1 lines, which list every head, still verify, export, and are continued by version 2 lines", async () => {
+    const { db, dir, a, append, checkpoint, verify, signingKey } = await setup();
+    // Rewritten as the files were before changed-heads lines: the same records and signatures.
+    const heads = new HeadSet();
+    for (const name of files(dir)) {
+      const path = join(dir, name);
+      const v1 = fileLines(path).map((line) => {
+        const { base, changed, removed, record, sig } = JSON.parse(line);
+        heads.apply({ base, changed, removed });
+        return canonicalize({ heads: heads.heads(), record, sig });
+      });
+      writeLines(path, v1);
+    }
+    expect(JSON.parse(fileLines(join(dir, "2026-06-01.jsonl"))[1] as string).heads).toHaveLength(2);
+    expect((await verify()).problems).toEqual([]);
+    const chainId = tenantChainId(a.id, "changes");
+    expect(checkpointsOf(await checkpointsForChain({ db, dir, verifier: signingKey, chainId }))).toHaveLength(3);
+    await append(a, 1);
+    await checkpoint();
+    expect(JSON.parse(fileLines(join(dir, "2026-06-02.jsonl")).at(-1) as string)).toMatchObject({ v: 2 });
+    expect((await verify()).problems).toEqual([]);
+  });
+
+  it("a changed-heads line edited, emptied or given a removal is reported where it no longer builds its root", async () => {
+    const { dir, verify } = await setup();
+    const path = join(dir, "2026-06-01.jsonl");
+    const original = fileLines(path);
+    const line = JSON.parse(original[1] as string);
+    const edits = [
+      { ...line, changed: [{ ...line.changed[0], hash: "0".repeat(64) }] },
+      { ...line, changed: [{ ...line.changed[0], seq: line.changed[0].seq - 1 }] },
+      { ...line, changed: [] },
+      { ...line, removed: [line.changed[0].chain] },
+    ];
+    for (const edited of edits) {
+      writeLines(path, [original[0] as string, canonicalize(edited)]);
+      expect(kinds(await verify())).toEqual([[CHECKPOINT_CHAIN, 2, "checkpoint-root"]]);
+    }
+    // A line that lists every head, one left out.
+    const first = JSON.parse(original[0] as string);
+    writeLines(path, [canonicalize({ ...first, changed: first.changed.slice(1) }), original[1] as string]);
+    expect(kinds(await verify())).toEqual([[CHECKPOINT_CHAIN, 1, "checkpoint-root"]]);
+  });
+
+  it("a crash between a line's flush and its row's commit is recovered by the next checkpoint, and recorded", async () => {
+    const { db, writer, checkpoint, verify } = await setup();
+    const crashing: Database = {
+      ...db,
+      withPlatform: (fn, ctx) =>
+        db.withPlatform(async (tx) => {
+          await fn(tx);
+          throw new Error("the process died before the commit");
+        }, ctx),
+    };
+    await expect(createCheckpoint({ ...writer, db: crashing })).rejects.toThrow("died before the commit");
+    // The line is in the file and its row is not: until then, the same as a row deleted.
+    expect(kinds(await verify())).toEqual([[CHECKPOINT_CHAIN, 4, "checkpoint-row-missing"]]);
+    const made = await checkpoint();
+    expect(made.record.seq).toBe(5);
+    expect((await verify()).problems).toEqual([]);
+    const recorded = await db.withPlatform((tx) =>
+      tx
+        .selectFrom("platform_audit_events")
+        .select(["chain_id", "actor_kind", "details"])
+        .where("action", "=", CHECKPOINT_RECOVERED)
+        .execute(),
+    );
+    expect(recorded).toEqual([
+      {
+        chain_id: platformChainId("security", SYSTEM_ACTOR),
+        actor_kind: "system",
+        details: { seq: 4, type: "checkpoint", file: expect.stringMatching(/^2026-06-02\.jsonl/) },
+      },
+    ]);
+    // The recovered event's chain is in the next checkpoint.
+    expect(made.heads.map((h) => h.chain)).toContain(platformChainId("security", SYSTEM_ACTOR));
+  });
+
+  it("nothing else is recovered: a newest line another key signed, or one that does not follow the table", async () => {
+    const { t, dir, clock, writer, checkpoint, verify } = await setup();
+    const path = join(dir, "2026-06-02.jsonl");
+    const clean = fileLines(path);
+    const lastRow = (await t.superuser("SELECT record FROM audit_checkpoints WHERE seq = 3"))[0] as { record: string };
+    const other = new SigningKey(generateKeyPairSync("ed25519").privateKey);
+    const next = (prev: string, key: SigningKey) => {
+      const record: CheckpointRecord = {
+        ...(JSON.parse(lastRow.record) as CheckpointRecord),
+        seq: 4,
+        at: clock.now().toISOString(),
+        prev,
+        keyId: key.keyId,
+      };
+      const signed = signRecord(record, key);
+      return canonicalize({ base: "previous", changed: [], record, removed: [], sig: signed.sig, v: 2 });
+    };
+    const lastHash = createHash("sha256").update(lastRow.record).digest("hex");
+    for (const forged of [next(lastHash, other), next("1".repeat(64), writer.signingKey)]) {
+      writeLines(path, [...clean, forged]);
+      await expect(checkpoint()).rejects.toThrow(CheckpointError);
+      expect(kinds(await verify())).toContainEqual([CHECKPOINT_CHAIN, 4, "checkpoint-row-missing"]);
+    }
+    // The genuine line of a crashed append, after the table's last row: recovered.
+    writeLines(path, [...clean, next(lastHash, writer.signingKey)]);
+    expect((await checkpoint()).record.seq).toBe(5);
+    expect((await verify()).problems).toEqual([]);
+  });
+
+  it("a key rotation hands signing on: each record verifies under the key current at its place, and no other", async () => {
+    const { db, t, dir, clock, a, append, writer, signingKey, verify } = await setup();
+    const successorPair = generateKeyPairSync("ed25519");
+    const successor = new SigningKey(successorPair.privateKey);
+    const rotation = await appendKeyRotation(writer, successor);
+    expect(rotation.record).toMatchObject({
+      type: "key-rotation",
+      seq: 4,
+      keyId: signingKey.keyId,
+      newKeyId: successor.keyId,
+    });
+    const current = new SigningKey(successorPair.privateKey, [
+      { ...signingKey.toJSON(), retiredAt: rotation.record.at, rotation: 4, successor: successor.keyId },
+    ]);
+    // The retired key may no longer append; the new one does.
+    await expect(createCheckpoint(writer)).rejects.toThrow(/signed by key .* after key rotation 4/);
+    await append(a, 1);
+    clock.advance(60_000);
+    expect((await createCheckpoint({ ...writer, signingKey: current })).record).toMatchObject({
+      seq: 5,
+      keyId: current.keyId,
+    });
+    expect((await verify(current)).problems).toEqual([]);
+    // Without the history, the chain starts at the wrong key or ends at another one.
+    expect(kinds(await verify(signingKey))).toEqual([[CHECKPOINT_CHAIN, 5, "checkpoint-signature"]]);
+    expect(kinds(await verify(successor))).toEqual(
+      [1, 2, 3, 4].map((seq) => [CHECKPOINT_CHAIN, seq, "checkpoint-signature"]),
+    );
+    // The export carries the rotation between the checkpoints, in the order of the chain.
+    const covering = await checkpointsForChain({ db, dir, verifier: current, chainId: tenantChainId(a.id, "changes") });
+    expect(
+      covering.map((line) =>
+        "checkpoint" in line ? line.checkpoint.record.seq : `rotation ${line.keyRotation.record.seq}`,
+      ),
+    ).toEqual([1, 2, "rotation 4", 5]);
+
+    // Someone who kept the retired key appends a checkpoint with it: refused, though the key is the platform's.
+    const last = (await t.superuser("SELECT record FROM audit_checkpoints WHERE seq = 5"))[0] as { record: string };
+    const record: CheckpointRecord = {
+      ...(JSON.parse(last.record) as CheckpointRecord),
+      seq: 6,
+      prev: createHash("sha256").update(last.record).digest("hex"),
+      keyId: signingKey.keyId,
+    };
+    const forged = signRecord(record, signingKey);
+    appendFileSync(
+      join(dir, "2026-06-02.jsonl"),
+      `${canonicalize({ base: "previous", changed: [], record, removed: [], sig: forged.sig, v: 2 })}\n`,
+    );
+    await t.superuser(
+      `INSERT INTO audit_checkpoints (seq, type, record, signature) VALUES (6, 'checkpoint', ${quote(canonicalize(record))}, ${quote(forged.sig)})`,
+    );
+    expect(kinds(await verify(current))).toEqual([[CHECKPOINT_CHAIN, 6, "checkpoint-signature"]]);
+  });
+
+  it("a rotation the new key did not sign introduces nothing", async () => {
+    const { dir, t, clock, signingKey, verify } = await setup();
+    const successor = new SigningKey(generateKeyPairSync("ed25519").privateKey);
+    const impostor = new SigningKey(generateKeyPairSync("ed25519").privateKey);
+    const last = (await t.superuser("SELECT record FROM audit_checkpoints WHERE seq = 3"))[0] as { record: string };
+    const place = {
+      seq: 4,
+      at: clock.now().toISOString(),
+      prev: createHash("sha256").update(last.record).digest("hex"),
+    };
+    // Names the successor, with the impostor's proof of possession, signed by the key current there.
+    const record = {
+      ...signKeyRotation(place, signingKey, successor).record,
+      possession: signKeyRotation(place, signingKey, impostor).record.possession,
+    };
+    const signed = signRecord(record, signingKey);
+    appendFileSync(join(dir, "2026-06-02.jsonl"), `${canonicalize({ record, sig: signed.sig, v: 2 })}\n`);
+    await t.superuser(
+      `INSERT INTO audit_checkpoints (seq, type, record, signature) VALUES (4, 'key-rotation', ${quote(canonicalize(record))}, ${quote(signed.sig)})`,
+    );
+    expect(kinds(await verify(signingKey))).toEqual([[CHECKPOINT_CHAIN, 4, "checkpoint-signature"]]);
   });
 });

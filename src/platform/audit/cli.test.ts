@@ -129,6 +129,34 @@ describe.each(DATABASE_KINDS)("charter audit on %s", (kind) => {
     }
   }, 60_000);
 
+  it("rotate-signing-key hands signing to a new key; public-key --history lists both; the chain still verifies", async () => {
+    const first = (await runCharter(["audit", "public-key"], env)).stdout;
+    const extra = await runCharter(["audit", "rotate-signing-key", "now"], env);
+    expect(extra.code).not.toBe(0);
+    expect(extra.stderr).toMatch(/too many arguments/);
+    const rotated = await runCharter(["audit", "rotate-signing-key"], env);
+    expect(rotated).toMatchObject({ code: 0, stderr: "" });
+    const newKeyId =
+      /^rotated the signing key: key ([0-9a-f]{16}) signs from record 2 of the checkpoint chain on, and the destruction journal; key [0-9a-f]{16} is retired/.exec(
+        rotated.stdout,
+      )?.[1];
+    expect(newKeyId).toBeDefined();
+    const current = (await runCharter(["audit", "public-key"], env)).stdout;
+    expect(current).toMatch(/^-----BEGIN PUBLIC KEY-----\n/);
+    expect(current).not.toBe(first);
+    const history = await runCharter(["audit", "public-key", "--history"], env);
+    expect(history).toMatchObject({ code: 0, stderr: "" });
+    const retired = history.stdout.split("\n")[0];
+    expect(retired).toMatch(
+      new RegExp(`^key [0-9a-f]{16}: retired at \\S+ by record 2 of the checkpoint chain, succeeded by ${newKeyId}$`),
+    );
+    expect(history.stdout).toBe(`${retired}\n${first}key ${newKeyId}: current\n${current}`);
+    expect((await runCharter(["audit", "checkpoint"], env)).code).toBe(0);
+    const verified = await runCharter(["audit", "verify"], env);
+    expect(verified).toMatchObject({ code: 0, stderr: "" });
+    expect(verified.stdout).toMatch(/checked .*3 checkpoints/);
+  }, 180_000);
+
   it("refuses an unknown stream with one line and no stack trace", async () => {
     const result = await runCharter(["audit", "verify", "--stream", "everything"], env);
     expect(result.code).not.toBe(0);

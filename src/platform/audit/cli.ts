@@ -4,9 +4,12 @@ import type { Command } from "commander";
 import type { CommandHandler, CommandResult } from "../cli/control-socket.ts";
 import type { Clock } from "../clock.ts";
 import type { SigningKey } from "../crypto/signing-key.ts";
+import type { DataDirPaths } from "../data-dir.ts";
 import type { Database } from "../db/index.ts";
-import { lastCheckpointRow, readCheckpointFiles } from "./checkpoint-store.ts";
-import { CHECKPOINT_CHAIN, checkpointCheck, checkpointCommand, exportChainCheckpoints } from "./checkpoints.ts";
+import { KeyRotationError, rotateSigningKey } from "./checkpoint-rotation.ts";
+import { lastCheckpointRow, lastFileRecords } from "./checkpoint-store.ts";
+import { CHECKPOINT_CHAIN, checkpointCheck, exportChainCheckpoints } from "./checkpoint-verify.ts";
+import { CheckpointError, checkpointCommand } from "./checkpoints.ts";
 import { isStream, STREAMS, type Stream } from "./event.ts";
 import { exportChain } from "./export.ts";
 import { type VerifyOptions, type VerifyReport, verifyChains } from "./verify.ts";
@@ -26,6 +29,13 @@ export interface CheckpointAccess {
   existingKey(): SigningKey | undefined;
   /** The signing key, created on first use (the first checkpoint of a fresh data directory). */
   key(): SigningKey;
+}
+
+/** What the CLI needs beyond the server's handlers: the data directory, and whether a server runs on it. */
+export interface AuditCliAccess extends CheckpointAccess {
+  paths: DataDirPaths;
+  /** Runs a command inside the server of this data directory; undefined when no server answers. */
+  callServer(name: string): Promise<CommandResult | undefined>;
 }
 
 /** How main.ts runs a maintenance command: on the database, or inside the running server. */
@@ -76,7 +86,7 @@ async function checkpointChecks(db: Database, access: CheckpointAccess): Promise
   const key = access.existingKey();
   if (key) return [checkpointCheck({ dir: access.dir, verifier: key })];
   const anyRow = await db.withPlatform((tx) => lastCheckpointRow(tx));
-  if (!anyRow && readCheckpointFiles(access.dir).length === 0) return [];
+  if (!anyRow && lastFileRecords(access.dir, 1).length === 0) return [];
   return [
     async (_db, report) => {
       report.failures.push({
@@ -148,17 +158,59 @@ export function runAuditCheckpoint(db: Database, access: CheckpointAccess): Prom
   return checkpointCommand({ db, clock: access.clock, dir: access.dir, signingKey: access.key() });
 }
 
-/** The handlers the server serves on its control socket for these commands. */
+/** `charter audit rotate-signing-key`, with no server running: hands signing to a new key. */
+export async function runRotateSigningKey(
+  db: Database,
+  access: Pick<AuditCliAccess, "clock" | "paths">,
+): Promise<CommandResult> {
+  try {
+    const { retired, current, seq, resumed } = await rotateSigningKey({ db, clock: access.clock, paths: access.paths });
+    return {
+      exitCode: 0,
+      output:
+        `${resumed ? "completed an interrupted rotation" : "rotated the signing key"}: key ${current.keyId} signs ` +
+        `from record ${seq} of the checkpoint chain on, and the destruction journal; key ${retired.keyId} is retired ` +
+        "(its public half kept, its private half removed). Publish the new public key (charter audit public-key).",
+    };
+  } catch (error) {
+    if (error instanceof KeyRotationError || error instanceof CheckpointError) {
+      return { exitCode: 1, output: `charter: ${error.message}` };
+    }
+    throw error;
+  }
+}
+
+/** `charter audit public-key`: the current public key (PEM), or with `history` every key, oldest first. */
+export function formatPublicKeys(key: SigningKey, history: boolean): string {
+  if (!history) return key.publicKeyPem;
+  const retired = key.retired.map(
+    (k) =>
+      `key ${k.keyId}: retired at ${k.retiredAt} by record ${k.rotation} of the checkpoint chain, ` +
+      `succeeded by ${k.successor}\n${k.publicKeyPem}`,
+  );
+  return [...retired, `key ${key.keyId}: current\n${key.publicKeyPem}`].join("");
+}
+
+/**
+ * The handlers the server serves on its control socket for these commands. A rotation is refused: the server
+ * holds the key it loaded and would go on signing with the retired one.
+ */
 export function auditSocketHandlers(db: Database, access: CheckpointAccess): Record<string, CommandHandler> {
   return {
     "audit-verify": (args) => runAuditVerify(db, args, access),
     "audit-export": (args) => runAuditExport(db, args, access),
     "audit-checkpoint": () => runAuditCheckpoint(db, access),
+    "audit-rotate-signing-key": async () => ({
+      exitCode: 1,
+      output:
+        "charter: the signing key cannot be rotated while the server runs (it signs with the key it loaded): " +
+        "stop it, run charter audit rotate-signing-key, then start it again",
+    }),
   };
 }
 
 /** Registers `charter audit` and its subcommands. */
-export function auditCommands(program: Command, run: RunMaintenance, access: () => CheckpointAccess): void {
+export function auditCommands(program: Command, run: RunMaintenance, access: () => AuditCliAccess): void {
   const audit = program.command("audit").description("the tamper-evident audit log");
 
   audit
@@ -202,13 +254,33 @@ export function auditCommands(program: Command, run: RunMaintenance, access: () 
   audit
     .command("public-key")
     .description("print the platform's Ed25519 public key (PEM), which verifies checkpoints and exports")
-    .action(() => {
+    .option("--history", "print every key the platform signed with, oldest first, each after a line naming it")
+    .action((options: { history?: boolean }) => {
       const key = access().existingKey();
       if (key) {
-        process.stdout.write(key.publicKeyPem);
+        process.stdout.write(formatPublicKeys(key, options.history === true));
         return;
       }
       process.stderr.write("charter: there is no signing key yet: the first charter start creates keys/signing.key\n");
       process.exitCode = 1;
+    });
+
+  audit
+    .command("rotate-signing-key")
+    .description(
+      "replace the platform's Ed25519 signing key (checkpoints and the destruction journal) with a new one: the " +
+        "checkpoint chain records the hand-over, signed by both keys; the old public key is kept to verify what " +
+        "it signed, its private key removed. Stop the server first",
+    )
+    .action(async () => {
+      const cli = access();
+      // A server signs with the key it loaded: it answers with a refusal, and nothing is rotated under it.
+      const served = await cli.callServer("audit-rotate-signing-key");
+      if (served) {
+        (served.exitCode === 0 ? process.stdout : process.stderr).write(`${served.output}\n`);
+        process.exitCode = served.exitCode;
+        return;
+      }
+      await run("audit-rotate-signing-key", {}, (db) => runRotateSigningKey(db, cli));
     });
 }

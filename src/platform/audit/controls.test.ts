@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { loadConfig } from "../../config.ts";
 import { manualClock, systemClock } from "../clock.ts";
-import { loadSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
+import { createSuccessorKey, discardSuccessorKey, loadSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
 import { createTestKeyRing } from "../crypto/testing.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import type { Control } from "../doctor/controls.ts";
@@ -98,6 +98,14 @@ describe.each(DATABASE_KINDS)("audit controls of charter doctor on %s (L3)", (ki
       ok: false,
       evidence: expect.stringContaining("first: checkpoint-row-missing at checkpoints sequence 1"),
     });
+
+    // A rotation left half done.
+    createSuccessorKey(paths);
+    expect(await check("audit.signing-key")).toMatchObject({
+      ok: false,
+      evidence: expect.stringContaining("run charter audit rotate-signing-key to finish it"),
+    });
+    discardSuccessorKey(paths);
 
     rmSync(keyPath);
     expect(await check("audit.signing-key")).toMatchObject({

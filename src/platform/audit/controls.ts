@@ -2,13 +2,14 @@ import { accessSync, constants, realpathSync, statSync } from "node:fs";
 import { relative, resolve } from "node:path";
 import { sql } from "kysely";
 import { modeText } from "../crypto/key-file.ts";
-import { existingSigningKey, SigningKeyError, signingKeyPath } from "../crypto/signing-key.ts";
+import { existingSigningKey, interruptedRotation, SigningKeyError, signingKeyPath } from "../crypto/signing-key.ts";
 import { type DataDirPaths, prepareDataDir } from "../data-dir.ts";
 import type { Database } from "../db/index.ts";
 import { type Control, evidenceFrom } from "../doctor/controls.ts";
 import { chainHeads } from "./chains.ts";
-import { isUnreadable, lastCheckpointRow, readCheckpointFiles } from "./checkpoint-store.ts";
-import { CHECKPOINT_CADENCE, verifyCheckpointsReport } from "./checkpoints.ts";
+import { isUnreadable, lastCheckpointRow, lastFileRecords } from "./checkpoint-store.ts";
+import { verifyCheckpointsReport } from "./checkpoint-verify.ts";
+import { CHECKPOINT_CADENCE } from "./checkpoints.ts";
 import { verifyChains } from "./verify.ts";
 
 /** Whether `inner` is `outer` or lies inside it (both resolved through symbolic links where they exist). */
@@ -39,7 +40,7 @@ async function serverDataDirectory(db: Database): Promise<string | undefined> {
 /** Whether any checkpoint exists, in the table or the files: from then on the signing key is needed. */
 async function anyCheckpoint(db: Database, paths: DataDirPaths): Promise<boolean> {
   const row = await db.withPlatform((tx) => lastCheckpointRow(tx));
-  return row !== undefined || readCheckpointFiles(paths.checkpoints).length > 0;
+  return row !== undefined || lastFileRecords(paths.checkpoints, 1).length > 0;
 }
 
 const checkpointStore: Control = {
@@ -85,6 +86,8 @@ const signingKeyFile: Control = {
   async check({ db, config }) {
     const paths = prepareDataDir(config.dataDir);
     const path = signingKeyPath(paths);
+    const interrupted = interruptedRotation(paths);
+    if (interrupted) return { ok: false, evidence: interrupted };
     let key: ReturnType<typeof existingSigningKey>;
     try {
       // Refuses a file that group or others can access, naming the fix.
@@ -98,9 +101,10 @@ const signingKeyFile: Control = {
         ? { ok: false, evidence: `${path} is missing: the checkpoints cannot be verified or continued` }
         : { ok: true, evidence: `no signing key yet and nothing signed: the first start creates ${path} (mode 0600)` };
     }
+    const retired = key.retired.length > 0 ? `; the public halves of ${key.retired.length} retired keys are kept` : "";
     return {
       ok: true,
-      evidence: `Ed25519 key ${key.keyId} in ${path}, mode ${modeText(statSync(path).mode)}, outside the database`,
+      evidence: `Ed25519 key ${key.keyId} in ${path}, mode ${modeText(statSync(path).mode)}, outside the database${retired}`,
     };
   },
 };

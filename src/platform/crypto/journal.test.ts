@@ -1,12 +1,13 @@
-import { generateKeyPairSync } from "node:crypto";
+import { createPrivateKey, generateKeyPairSync } from "node:crypto";
 import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { manualClock } from "../clock.ts";
+import { prepareDataDir } from "../data-dir.ts";
 import { uuidv7 } from "../ids.ts";
 import { type DestructionRecord, JOURNAL_FILE, JournalError, openJournal, readJournal } from "./journal.ts";
-import { SigningKey } from "./signing-key.ts";
+import { completeRotation, createSuccessorKey, loadSigningKey, SigningKey, signingKeyPath } from "./signing-key.ts";
 
 const newKey = () => new SigningKey(generateKeyPairSync("ed25519").privateKey);
 
@@ -125,10 +126,12 @@ describe("the destruction journal", () => {
     await writeAll();
     const other = newKey();
     expect(() => readJournal(dir, other)).toThrow(
-      `is signed by key ${key.keyId}, not by this platform's signing key ${other.keyId}`,
+      `is signed by key ${key.keyId}, not by this platform's signing key ${other.keyId} nor by one it retired`,
     );
     // Another key claiming this key's id: the signature does not verify.
-    expect(() => readJournal(dir, { keyId: key.keyId, publicKeyPem: other.publicKeyPem })).toThrow(/invalid signature/);
+    expect(() => readJournal(dir, { keyId: key.keyId, publicKeyPem: other.publicKeyPem, retired: [] })).toThrow(
+      /invalid signature/,
+    );
   });
 
   it("drops a torn last line (an append that never returned) and goes on from the entry before it", async () => {
@@ -139,5 +142,33 @@ describe("the destruction journal", () => {
     const next = await journal.append(records[0] as DestructionRecord);
     expect(next.seq).toBe(6);
     expect(readJournal(dir, key)).toHaveLength(6);
+  });
+
+  it("after a rotation of the signing key, start-up opens it: old entries under the retired key, new under the new", async () => {
+    const paths = prepareDataDir(join(dir, "data"));
+    const quiet = () => {};
+    const first = loadSigningKey(paths, quiet);
+    const firstPrivate = createPrivateKey(readFileSync(signingKeyPath(paths)));
+    const before = openJournal({ dir: paths.journal, signingKey: first, clock });
+    for (const record of records.slice(0, 2)) await before.append(record);
+
+    const successor = createSuccessorKey(paths);
+    completeRotation(paths, first, { seq: 9, at: clock.now().toISOString(), successor: successor.keyId });
+    // What start-up does: load the key (with the keys it retired), open the journal, which verifies it.
+    const rotated = loadSigningKey(paths, quiet);
+    expect(rotated.keyId).toBe(successor.keyId);
+    expect(rotated.retired.map((k) => k.keyId)).toEqual([first.keyId]);
+    const after = openJournal({ dir: paths.journal, signingKey: rotated, clock });
+    expect(after.entriesAtOpen.map((e) => e.signer)).toEqual([first.keyId, first.keyId]);
+    await after.append(records[2] as DestructionRecord);
+    expect(readJournal(paths.journal, rotated).map((e) => e.signer)).toEqual([first.keyId, first.keyId, rotated.keyId]);
+
+    // The retired key alone does not know the new one; and a key the history retired earlier never signs after
+    // a later one (here the history reversed, as a forger holding the retired key would need it).
+    expect(() => readJournal(paths.journal, first)).toThrow(`line 3 is signed by key ${rotated.keyId}`);
+    const reversed = new SigningKey(firstPrivate, [
+      { ...rotated.toJSON(), retiredAt: clock.now().toISOString(), rotation: 1, successor: first.keyId },
+    ]);
+    expect(() => readJournal(paths.journal, reversed)).toThrow(/line 3 is signed by key .*, retired before key/);
   });
 });

@@ -5,7 +5,8 @@ import { join } from "node:path";
 import { z } from "zod";
 import type { Clock } from "../clock.ts";
 import { isUuid } from "../ids.ts";
-import { SigningKey } from "./signing-key.ts";
+import { fsyncDirectory } from "./key-file.ts";
+import { type PublicKeyHistory, type PublicSigningKey, SigningKey } from "./signing-key.ts";
 
 /**
  * The destruction journal (promises P4, P10): every key destruction, subject erasure and tenant deletion
@@ -22,7 +23,9 @@ import { SigningKey } from "./signing-key.ts";
  *   first), so a removed, reordered or inserted line breaks the chain;
  * - record holds the type and ids only, never personal data (the journal is kept beyond any erasure);
  * - sig is the platform's Ed25519 signature (signing-key.ts) over DOMAIN, a NUL and the line without
- *   its sig; signer is the key id that made it.
+ *   its sig; signer is the key id that made it. After a rotation of the signing key, entries before it stay
+ *   signed by the retired key: a reader accepts the current key and the keys it retired, in their order (an
+ *   entry is never signed by a key older than the one of the entry before it).
  *
  * A line must be exactly the canonical serialisation of what it parses to, so an edited byte is caught
  * even where JSON would tolerate it (white space, key order, escapes).
@@ -148,8 +151,8 @@ function line(u: Unsigned, sig: string): string {
 
 const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");
 
-/** The public half of a signing key: what a reader needs. */
-export type JournalVerifier = Pick<SigningKey, "keyId" | "publicKeyPem">;
+/** The platform's public keys, current and retired: what a reader needs. */
+export type JournalVerifier = PublicKeyHistory;
 
 export interface ParsedJournal {
   entries: JournalEntry[];
@@ -158,14 +161,17 @@ export interface ParsedJournal {
 }
 
 /**
- * Parses and verifies journal text: every line canonical, signed by `verifier`, numbered from 1 and
- * chained to the one before. An unterminated last line is an append that never returned (it is written
- * in one call ending in the newline), so it is left out rather than refused.
+ * Parses and verifies journal text: every line canonical, signed by the current key of `verifier` or one it
+ * retired (never by a key older than the entry before it used), numbered from 1 and chained to the one before.
+ * An unterminated last line is an append that never returned (it is written in one call ending in the
+ * newline), so it is left out rather than refused.
  */
 export function parseJournal(content: string, verifier: JournalVerifier, where: string): ParsedJournal {
   const end = content.lastIndexOf("\n") + 1;
   const lines = content.slice(0, end).split("\n").slice(0, -1);
   const entries: JournalEntry[] = [];
+  const keys = [...verifier.retired, verifier];
+  let oldestAllowed = 0;
   let prev = GENESIS;
   for (const [index, text] of lines.entries()) {
     const at = `${where} line ${index + 1}`;
@@ -181,12 +187,21 @@ export function parseJournal(content: string, verifier: JournalVerifier, where: 
     if (line(unsigned, parsed.sig) !== text) {
       throw new JournalError(`${at} is not written as the journal writes entries: the journal was altered`);
     }
-    if (parsed.signer !== verifier.keyId) {
+    const keyIndex = keys.findIndex((key) => key.keyId === parsed.signer);
+    if (keyIndex < 0) {
       throw new JournalError(
-        `${at} is signed by key ${parsed.signer}, not by this platform's signing key ${verifier.keyId}`,
+        `${at} is signed by key ${parsed.signer}, not by this platform's signing key ${verifier.keyId} ` +
+          "nor by one it retired",
       );
     }
-    if (!SigningKey.verify(verifier.publicKeyPem, signedBytes(unsigned), Buffer.from(parsed.sig, "base64url"))) {
+    if (keyIndex < oldestAllowed) {
+      throw new JournalError(
+        `${at} is signed by key ${parsed.signer}, retired before key ${keys[oldestAllowed]?.keyId} signed an earlier entry`,
+      );
+    }
+    oldestAllowed = keyIndex;
+    const signer = keys[keyIndex] as PublicSigningKey;
+    if (!SigningKey.verify(signer.publicKeyPem, signedBytes(unsigned), Buffer.from(parsed.sig, "base64url"))) {
       throw new JournalError(`${at} has an invalid signature: the journal was altered`);
     }
     if (parsed.seq !== index + 1) {
@@ -233,16 +248,6 @@ function checkRecord(record: DestructionRecord): DestructionRecord {
   return canonicalRecord(result.data);
 }
 
-/** Flushes a directory, so that a file just created in it survives a crash. */
-export function fsyncDirectory(dir: string): void {
-  const fd = openSync(dir, "r");
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-}
-
 export interface DestructionJournal {
   /** The journal file. */
   readonly path: string;
@@ -269,7 +274,11 @@ export interface DestructionJournal {
 export function openJournal(options: { dir: string; signingKey: SigningKey; clock: Clock }): DestructionJournal {
   const { dir, signingKey, clock } = options;
   const path = join(dir, JOURNAL_FILE);
-  const verifier: JournalVerifier = { keyId: signingKey.keyId, publicKeyPem: signingKey.publicKeyPem };
+  const verifier: JournalVerifier = {
+    keyId: signingKey.keyId,
+    publicKeyPem: signingKey.publicKeyPem,
+    retired: signingKey.retired,
+  };
   const content = readText(path);
   const parsed = parseJournal(content, verifier, path);
   if (parsed.completeBytes < Buffer.byteLength(content, "utf8")) {

@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, fsyncSync, openSync, readFileSync, truncateSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 
 /** Builds the caller's own error class from a one-line message. */
@@ -54,11 +54,41 @@ export function createPrivateKeyFile(path: string, label: string, content: strin
   } finally {
     closeSync(fd);
   }
-  const dir = openSync(dirname(path), "r");
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
-  }
+  fsyncDirectory(dirname(path));
   return true;
+}
+
+/** Flushes a directory, so that a file just created, renamed or removed in it survives a crash. */
+export function fsyncDirectory(dir: string): void {
+  const fd = openSync(dir, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Appends one line to a file private to its owner (created with mode 0600) and flushes it, and its directory
+ * when the file is new. A line a crash left without its newline is cut off first: it was never complete.
+ */
+export function appendPrivateLine(path: string, line: string, fail: Fail): void {
+  const isNew = !existsSync(path);
+  try {
+    if (!isNew) {
+      const content = readFileSync(path);
+      const complete = content.lastIndexOf(0x0a) + 1;
+      if (complete < content.length) truncateSync(path, complete);
+    }
+    const fd = openSync(path, "a", 0o600);
+    try {
+      writeSync(fd, `${line}\n`);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  } catch (error) {
+    throw fail(`${path} cannot be written (${(error as NodeJS.ErrnoException).code ?? String(error)})`);
+  }
+  if (isNew) fsyncDirectory(dirname(path));
 }

@@ -1,11 +1,22 @@
 import { generateKeyPairSync } from "node:crypto";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { inspect } from "node:util";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type DataDirPaths, prepareDataDir } from "../data-dir.ts";
-import { loadSigningKey, SigningKey, SigningKeyError, signingKeyPath } from "./signing-key.ts";
+import {
+  completeRotation,
+  createSuccessorKey,
+  existingSigningKey,
+  loadSigningKey,
+  readRetiredKeys,
+  retiredKeysPath,
+  SigningKey,
+  SigningKeyError,
+  signingKeyPath,
+  successorKeyPath,
+} from "./signing-key.ts";
 
 let parent: string;
 let paths: DataDirPaths;
@@ -82,5 +93,42 @@ describe("SigningKey", () => {
       expect(text).toContain(key.keyId);
     }
     expect(JSON.parse(JSON.stringify(key))).toEqual({ keyId: key.keyId, publicKeyPem: key.publicKeyPem });
+  });
+});
+
+describe("rotation of the signing key (files)", () => {
+  it("keeps the retired public key, replaces the private one, and refuses to load while a rotation is half done", () => {
+    const first = loadSigningKey(paths, quiet);
+    const successor = createSuccessorKey(paths);
+    expect(statSync(successorKeyPath(paths)).mode & 0o777).toBe(0o600);
+    expect(() => loadSigningKey(paths, quiet)).toThrow(
+      /rotation of the signing key was interrupted.*rotate-signing-key/,
+    );
+    // Checks that change nothing still read the key in use.
+    expect(existingSigningKey(paths)?.keyId).toBe(first.keyId);
+    const at = "2026-06-01T00:00:00.000Z";
+    const rotated = completeRotation(paths, first, { seq: 4, at, successor: successor.keyId });
+    expect(rotated.keyId).toBe(successor.keyId);
+    expect(rotated.retired).toEqual([
+      { keyId: first.keyId, publicKeyPem: first.publicKeyPem, retiredAt: at, rotation: 4, successor: successor.keyId },
+    ]);
+    expect(existsSync(successorKeyPath(paths))).toBe(false);
+    const loaded = loadSigningKey(paths, quiet);
+    expect([loaded.keyId, loaded.retired]).toEqual([rotated.keyId, rotated.retired]);
+    // Only public halves are kept.
+    expect(readFileSync(retiredKeysPath(paths), "utf8")).not.toContain("PRIVATE KEY");
+    expect(readRetiredKeys(paths)).toEqual(rotated.retired);
+  });
+
+  it("refuses retired keys that were tampered with", () => {
+    const first = loadSigningKey(paths, quiet);
+    const successor = createSuccessorKey(paths);
+    completeRotation(paths, first, { seq: 2, at: "2026-06-01T00:00:00.000Z", successor: successor.keyId });
+    const text = readFileSync(retiredKeysPath(paths), "utf8");
+    const other = new SigningKey(generateKeyPairSync("ed25519").privateKey);
+    writeFileSync(retiredKeysPath(paths), text.replace(first.keyId, other.keyId));
+    expect(() => loadSigningKey(paths, quiet)).toThrow(/the public key is not key/);
+    writeFileSync(retiredKeysPath(paths), "{}\n");
+    expect(() => loadSigningKey(paths, quiet)).toThrow(/is not a retired signing key/);
   });
 });

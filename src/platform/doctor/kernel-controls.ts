@@ -98,7 +98,8 @@ const destructionJournal: Control = {
     return {
       ok: true,
       evidence:
-        `${entries.length} journal entries, each signed by key ${signingKey.keyId} and chained; ` +
+        `${entries.length} journal entries, each signed by key ${signingKey.keyId}` +
+        `${signingKey.retired.length > 0 ? " or a key it retired, in their order," : ""} and chained; ` +
         `${unapplied.length} journalled since the last start-up's replay`,
     };
   },
