@@ -1,18 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { z } from "zod";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
 import type { TenantStatus } from "../../platform/db/schema.ts";
 import { type AnyRoute, defineRoute } from "../../platform/http/routes.ts";
-import { buildTestApp, type TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
-import { createTestTenant } from "../../platform/tenancy/testing.ts";
-import { createAccessControl } from "./access.ts";
 import { newApiKey } from "./api-keys.ts";
-import type { IdentityDeps } from "./deps.ts";
 import type { ApiKeyRole, MembershipRole } from "./roles.ts";
-import { sessionRoutes } from "./session-routes.ts";
-import { createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
+import { sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 
 /** Routes that answer who the kernel let in and with what grant: the access control alone is under test. */
 function probeRoutes(): AnyRoute[] {
@@ -63,39 +58,17 @@ function probeRoutes(): AnyRoute[] {
   ];
 }
 
-let counter = 0;
-const unique = () => `${Date.now().toString(36)}-${++counter}`;
-
 describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock, { routes: (identity) => [...identity.routes, ...probeRoutes()] });
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildTestApp({
-      db: t.db,
-      clock,
-      rateLimiter: deps.rateLimiter,
-      routes: [...sessionRoutes(deps), ...probeRoutes()],
-      accessControl: createAccessControl(deps),
-    });
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
-
-  const tenant = async () => (await createTestTenant(t.db, { slug: `t-${unique()}`, name: "Acme" }, clock)).id;
   const user = async () => {
-    const created = await createTestUser(deps, { email: `u-${unique()}@example.com` });
-    return { ...created, session: await signIn(app, created.email, created.password) };
+    const created = await world.newUser();
+    return { ...created, session: await signIn(world.app, created.email, created.password) };
   };
   const join = async (tenantId: string, userId: string, role: MembershipRole) => {
     const id = uuidv7();
-    await t.db.withTenant({ tenantId }, (tx) =>
+    await world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .insertInto("memberships")
         .values({ tenant_id: tenantId, id, user_id: userId, role, status: "active", created_at: clock.now() })
@@ -104,7 +77,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
     return id;
   };
   const remove = (tenantId: string, membershipId: string) =>
-    t.db.withTenant({ tenantId }, (tx) =>
+    world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .updateTable("memberships")
         .set({ status: "removed", removed_at: clock.now() })
@@ -113,14 +86,14 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
         .execute(),
     );
   const setStatus = (tenantId: string, status: TenantStatus) =>
-    t.db.withPlatform((tx) => tx.updateTable("tenants").set({ status }).where("id", "=", tenantId).execute());
+    world.t.db.withPlatform((tx) => tx.updateTable("tenants").set({ status }).where("id", "=", tenantId).execute());
   const apiKey = async (
     tenantId: string,
     input: { role: ApiKeyRole; createdBy: string; personal?: boolean; revoked?: boolean },
   ) => {
     const id = uuidv7();
     const { key, secretHash } = newApiKey(id);
-    await t.db.withTenant({ tenantId }, (tx) =>
+    await world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .insertInto("api_keys")
         .values({
@@ -142,14 +115,14 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   };
 
   const read = (tenantId: string, headers: Record<string, string>) =>
-    app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}/probe`, headers });
+    world.app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}/probe`, headers });
   const write = (tenantId: string, headers: Record<string, string>) =>
-    app.app.inject({ method: "POST", url: `/api/v1/tenants/${tenantId}/probe`, headers });
+    world.app.app.inject({ method: "POST", url: `/api/v1/tenants/${tenantId}/probe`, headers });
   const bearer = (key: string) => ({ authorization: `Bearer ${key}` });
   const problem = (response: { json(): { type: string } }) => response.json().type;
 
   it("grants a member what their role allows, acting as their membership", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const owner = await user();
     const membershipId = await join(tenantId, owner.id, "owner");
     const response = await write(tenantId, sessionHeaders(owner.session.cookie));
@@ -162,7 +135,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("answers 404 to non-members, guests and unknown tenants, 403 to a role without the permission", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const outsider = await user();
     const guest = await user();
     const viewer = await user();
@@ -181,10 +154,10 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("fails closed on a permission that does not exist", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const owner = await user();
     await join(tenantId, owner.id, "owner");
-    const response = await app.app.inject({
+    const response = await world.app.app.inject({
       method: "GET",
       url: `/api/v1/tenants/${tenantId}/unknown`,
       headers: sessionHeaders(owner.session.cookie),
@@ -193,7 +166,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("enforces the tenant's status: suspended refuses all, cancelled is read-only, deleted is gone", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const owner = await user();
     await join(tenantId, owner.id, "owner");
     const headers = sessionHeaders(owner.session.cookie);
@@ -217,7 +190,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("refuses a removed member's session on the next request to that tenant while their other tenant works", async () => {
-    const [a, b] = [await tenant(), await tenant()];
+    const [a, b] = [await world.newTenant(), await world.newTenant()];
     const member = await user();
     const inA = await join(a, member.id, "member");
     await join(b, member.id, "member");
@@ -229,18 +202,18 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("lets operators through operator routes only: a tenant is not theirs", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const operator = await user();
     const someone = await user();
-    await t.db.withPlatform((tx) =>
+    await world.t.db.withPlatform((tx) =>
       tx.insertInto("operators").values({ user_id: operator.id, created_at: clock.now() }).execute(),
     );
     const asOperator = sessionHeaders(operator.session.cookie);
-    const probe = await app.app.inject({ method: "GET", url: "/api/v1/operator/probe", headers: asOperator });
+    const probe = await world.app.app.inject({ method: "GET", url: "/api/v1/operator/probe", headers: asOperator });
     expect(probe.statusCode).toBe(200);
     expect(probe.json()).toMatchObject({ kind: "operator", actorId: operator.id });
     expect((await read(tenantId, asOperator)).statusCode).toBe(404);
-    const denied = await app.app.inject({
+    const denied = await world.app.app.inject({
       method: "GET",
       url: "/api/v1/operator/probe",
       headers: sessionHeaders(someone.session.cookie),
@@ -249,7 +222,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("takes an API key on its own tenant's routes only, with the lower of its role and its owner's", async () => {
-    const [a, b] = [await tenant(), await tenant()];
+    const [a, b] = [await world.newTenant(), await world.newTenant()];
     const admin = await user();
     const viewer = await user();
     const adminMembership = await join(a, admin.id, "admin");
@@ -267,7 +240,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
     // Another tenant's path: a non-member there, like a session without a membership.
     expect((await read(b, bearer(service.key))).statusCode).toBe(404);
     // Not a tenant route: keys are for tenant routes only.
-    const me = await app.app.inject({ method: "GET", url: "/api/v1/probe/me", headers: bearer(service.key) });
+    const me = await world.app.app.inject({ method: "GET", url: "/api/v1/probe/me", headers: bearer(service.key) });
     expect(me.statusCode).toBe(401);
     // A key that does not verify is refused, and never falls back to the cookie next to it.
     const broken = `${service.key.slice(0, -1)}${service.key.endsWith("A") ? "B" : "A"}`;
@@ -291,7 +264,7 @@ describe.each(DATABASE_KINDS)("access control on %s", (kind) => {
   });
 
   it("refuses a cookie-authenticated unsafe request that may be forged, and takes API clients as they are", async () => {
-    const tenantId = await tenant();
+    const tenantId = await world.newTenant();
     const owner = await user();
     const membershipId = await join(tenantId, owner.id, "owner");
     const cookie = owner.session.cookie;

@@ -1,14 +1,12 @@
 import { sql } from "kysely";
-import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it, vi } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import type { OutboxEntry } from "../../platform/mail/index.ts";
 import { UNIFORM_ANSWER_MS } from "./account-routes.ts";
 import { TOKEN_LIFETIME_MS } from "./accounts.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
+import { createTestUser, sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 import { emailIndexOf } from "./users.ts";
 
 const STRONG = "violet umbrella galloping 917 quietly";
@@ -16,30 +14,19 @@ const STRONGER = "marmalade tugboat sonnet 4451 ahead";
 const TOKEN = /#token=([A-Za-z0-9_-]{43})$/m;
 
 describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T08:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   // Every test starts in a fresh rate-limit window (the limits count per hour and per source address).
   beforeEach(() => clock.advance(24 * 3_600_000));
 
   const newAddress = (label = "user") => `${label}.${uuidv7().slice(-12)}@example.test`;
 
   const post = (url: string, payload?: object, headers: Record<string, string> = {}) =>
-    app.app.inject({ method: "POST", url, payload, headers });
+    world.app.app.inject({ method: "POST", url, payload, headers });
 
   async function mailTo(address: string): Promise<OutboxEntry[]> {
-    return (await deps.mailer.outbox({ limit: 10_000 })).filter((entry) => entry.to === address);
+    return (await world.deps.mailer.outbox({ limit: 10_000 })).filter((entry) => entry.to === address);
   }
 
   /** The newest message of `template` to `address`, and the token in its link (when it has one). */
@@ -57,20 +44,20 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
   }
 
   const usersAt = (address: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("users")
         .selectAll()
-        .where("email_index", "=", emailIndexOf(deps.keyRing, address).index)
+        .where("email_index", "=", emailIndexOf(world.deps.keyRing, address).index)
         .orderBy("created_at")
         .execute(),
     );
 
   const userById = (id: string) =>
-    t.db.withPlatform((tx) => tx.selectFrom("users").selectAll().where("id", "=", id).executeTakeFirstOrThrow());
+    world.t.db.withPlatform((tx) => tx.selectFrom("users").selectAll().where("id", "=", id).executeTakeFirstOrThrow());
 
   const events = (targetId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .selectAll()
@@ -82,7 +69,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
 
   /** Every stored audit event, as text, to search for what must never be in it. */
   const auditText = () =>
-    t.db.withPlatform(async (tx) => {
+    world.t.db.withPlatform(async (tx) => {
       const { rows } = await sql<{ row: string }>`SELECT to_jsonb(e)::text AS row FROM platform_audit_events e`.execute(
         tx,
       );
@@ -98,7 +85,8 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     return user;
   }
 
-  const me = (cookie: string) => app.app.inject({ method: "GET", url: "/api/v1/me", headers: sessionHeaders(cookie) });
+  const me = (cookie: string) =>
+    world.app.app.inject({ method: "GET", url: "/api/v1/me", headers: sessionHeaders(cookie) });
 
   describe("sign-up and verification", () => {
     it("creates an unverified account, mails a link with the token in its fragment, and verifies it once", async () => {
@@ -133,7 +121,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
 
     it("answers sign-up and reset requests no sooner than their floor, for held and unknown addresses alike", async () => {
       const taken = newAddress("floor");
-      await createTestUser(deps, { email: taken, displayName: "Holder" });
+      await createTestUser(world.deps, { email: taken, displayName: "Holder" });
       const timed = async (url: string, body: Record<string, string>) => {
         const started = performance.now();
         const response = await post(url, body);
@@ -151,9 +139,9 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
 
     it("answers the same for an address a verified account holds, creates nothing and writes to that account", async () => {
       const taken = newAddress("taken");
-      const holder = await createTestUser(deps, { email: taken, displayName: "Holder" });
+      const holder = await createTestUser(world.deps, { email: taken, displayName: "Holder" });
       const fresh = newAddress("fresh");
-      const hash = vi.spyOn(deps.passwords, "hash");
+      const hash = vi.spyOn(world.deps.passwords, "hash");
       try {
         const existing = await post("/api/v1/accounts", { email: taken, displayName: "Eve", password: STRONG });
         const unknown = await post("/api/v1/accounts", { email: fresh, displayName: "Eve", password: STRONG });
@@ -194,7 +182,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       expect(left.map((u) => [u.id, u.email_verified_at !== null])).toEqual([[owner?.id, true]]);
       // The wiped account's token went with it.
       expect((await post("/api/v1/accounts/verify-email", { token: intruderToken })).statusCode).toBe(400);
-      const tokens = await t.db.withPlatform((tx) =>
+      const tokens = await world.t.db.withPlatform((tx) =>
         tx
           .selectFrom("account_tokens")
           .select("id")
@@ -210,7 +198,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       const address = newAddress();
       await post("/api/v1/accounts", { email: address, displayName: "Late", password: STRONG });
       const token = await tokenFrom(address, "verify-email");
-      const holder = await createTestUser(deps, { email: address });
+      const holder = await createTestUser(world.deps, { email: address });
       const refused = await post("/api/v1/accounts/verify-email", { token });
       expect(refused.statusCode).toBe(400);
       expect(refused.json().detail).toMatch(/another verified account/);
@@ -219,7 +207,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
         [false, false],
         [true, true],
       ]);
-      const [token_] = await t.db.withPlatform((tx) =>
+      const [token_] = await world.t.db.withPlatform((tx) =>
         tx
           .selectFrom("account_tokens")
           .select("used_at")
@@ -274,7 +262,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       const address = newAddress();
       await post("/api/v1/accounts", { email: address, displayName: "Ada", password: STRONG });
       const first = await tokenFrom(address, "verify-email");
-      const session = await signIn(app, address, STRONG);
+      const session = await signIn(world.app, address, STRONG);
       const resent = await post("/api/v1/accounts/verification-email", undefined, sessionHeaders(session.cookie));
       expect(resent.statusCode).toBe(202);
       const second = await tokenFrom(address, "verify-email");
@@ -289,7 +277,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
 
   describe("password reset", () => {
     it("answers the same for an unknown address, and mails a 30-minute link to an existing account", async () => {
-      const user = await createTestUser(deps, { email: newAddress(), displayName: "Grace" });
+      const user = await world.newUser({ displayName: "Grace" });
       const unknownAddress = newAddress("nobody");
       const existing = await post("/api/v1/accounts/password-reset", { email: user.email });
       const unknown = await post("/api/v1/accounts/password-reset", { email: unknownAddress });
@@ -304,7 +292,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     });
 
     it("throttles per address alike whether or not an account holds it", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
+      const user = await world.newUser();
       const unknownAddress = newAddress("nobody");
       const statuses = async (email: string) => {
         const codes: number[] = [];
@@ -321,9 +309,9 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     });
 
     it("sets the new password once, ends every session, mails a notice; earlier links stop working", async () => {
-      const user = await createTestUser(deps, { email: newAddress(), displayName: "Grace" });
-      const one = await signIn(app, user.email, user.password);
-      const two = await signIn(app, user.email, user.password);
+      const user = await world.newUser({ displayName: "Grace" });
+      const one = await signIn(world.app, user.email, user.password);
+      const two = await signIn(world.app, user.email, user.password);
       await post("/api/v1/accounts/password-reset", { email: user.email });
       const earlier = await tokenFrom(user.email, "password-reset");
       await post("/api/v1/accounts/password-reset", { email: user.email });
@@ -343,15 +331,15 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       );
       expect((await me(one.cookie)).statusCode).toBe(401);
       expect((await me(two.cookie)).statusCode).toBe(401);
-      const sessions = await t.db.withPlatform((tx) =>
+      const sessions = await world.t.db.withPlatform((tx) =>
         tx.selectFrom("sessions").select("revoke_reason").where("user_id", "=", user.id).execute(),
       );
       expect(sessions.map((s) => s.revoke_reason)).toEqual(["password-reset", "password-reset"]);
       expect((await post("/api/v1/accounts/password-reset/complete", { token, password: STRONGER })).statusCode).toBe(
         400,
       );
-      await expect(signIn(app, user.email, user.password)).rejects.toThrow(/401/);
-      await signIn(app, user.email, STRONG);
+      await expect(signIn(world.app, user.email, user.password)).rejects.toThrow(/401/);
+      await signIn(world.app, user.email, STRONG);
       const { entry } = await lastMail(user.email, "password-reset-done");
       expect(entry.rendered?.text).not.toMatch(TOKEN);
       const reset = (await events(user.id)).find((e) => e.action === "auth.password-reset");
@@ -359,7 +347,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     });
 
     it("lets one of two simultaneous redemptions of a reset link through", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
+      const user = await world.newUser();
       await post("/api/v1/accounts/password-reset", { email: user.email });
       const token = await tokenFrom(user.email, "password-reset");
       const results = await Promise.all(
@@ -367,11 +355,11 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       );
       expect(results.map((r) => r.statusCode).sort()).toEqual([204, 400]);
       const winner = results[0]?.statusCode === 204 ? STRONG : STRONGER;
-      await signIn(app, user.email, winner);
+      await signIn(world.app, user.email, winner);
     });
 
     it("refuses a reset link 30 minutes after it was sent", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
+      const user = await world.newUser();
       await post("/api/v1/accounts/password-reset", { email: user.email });
       const token = await tokenFrom(user.email, "password-reset");
       clock.advance(TOKEN_LIFETIME_MS["reset-password"]);
@@ -379,7 +367,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       expect((await post("/api/v1/accounts/password-reset/complete", { token, password: STRONG })).statusCode).toBe(
         400,
       );
-      await signIn(app, user.email, user.password);
+      await signIn(world.app, user.email, user.password);
     });
 
     it("gives an unverified sign-up no reset link", async () => {
@@ -394,7 +382,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     it("shows the own profile with the address in clear and changes the display name", async () => {
       const address = newAddress();
       const user = await signUpAndVerify(address);
-      const { cookie } = await signIn(app, address, STRONG);
+      const { cookie } = await signIn(world.app, address, STRONG);
       const profile = await me(cookie);
       expect(profile.statusCode).toBe(200);
       expect(profile.json()).toEqual({
@@ -405,7 +393,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
         avatar: null,
         passwordChangedAt: user.password_changed_at?.toISOString(),
       });
-      const patched = await app.app.inject({
+      const patched = await world.app.app.inject({
         method: "PATCH",
         url: "/api/v1/me",
         headers: sessionHeaders(cookie),
@@ -415,13 +403,13 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       expect(patched.json().displayName).toBe("Countess Ada");
       const changed = (await events(user.id)).find((e) => e.action === "account.profile-changed");
       expect(changed).toMatchObject({ stream: "changes", actor_id: user.id, details: { fields: ["displayName"] } });
-      expect((await app.app.inject({ method: "GET", url: "/api/v1/me" })).statusCode).toBe(401);
+      expect((await world.app.app.inject({ method: "GET", url: "/api/v1/me" })).statusCode).toBe(401);
     });
 
     it("changes the password with the current one, keeps the caller's session and ends the others", async () => {
-      const user = await createTestUser(deps, { email: newAddress(), displayName: "Grace" });
-      const mine = await signIn(app, user.email, user.password);
-      const other = await signIn(app, user.email, user.password);
+      const user = await world.newUser({ displayName: "Grace" });
+      const mine = await signIn(world.app, user.email, user.password);
+      const other = await signIn(world.app, user.email, user.password);
       const change = (payload: object) => post("/api/v1/me/password", payload, sessionHeaders(mine.cookie));
 
       const wrong = await change({ currentPassword: "not my password at all", newPassword: STRONG });
@@ -440,8 +428,8 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       expect(after.password_changed_at).toEqual(clock.now());
       expect((await me(mine.cookie)).statusCode).toBe(200);
       expect((await me(other.cookie)).statusCode).toBe(401);
-      await signIn(app, user.email, STRONG);
-      await expect(signIn(app, user.email, user.password)).rejects.toThrow(/401/);
+      await signIn(world.app, user.email, STRONG);
+      await expect(signIn(world.app, user.email, user.password)).rejects.toThrow(/401/);
       expect((await lastMail(user.email, "password-changed")).entry.rendered?.text).toContain("Hello Grace,");
       const changed = (await events(user.id)).find((e) => e.action === "auth.password-changed");
       expect(changed).toMatchObject({ actor_id: user.id, details: { sessionsRevoked: 1 } });
@@ -450,8 +438,8 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
 
   describe("email change", () => {
     it("applies only once the new address confirms, and the old address can revert it", async () => {
-      const user = await createTestUser(deps, { email: newAddress("old"), displayName: "Grace" });
-      const session = await signIn(app, user.email, user.password);
+      const user = await createTestUser(world.deps, { email: newAddress("old"), displayName: "Grace" });
+      const session = await signIn(world.app, user.email, user.password);
       await post("/api/v1/accounts/password-reset", { email: user.email });
       const resetToken = await tokenFrom(user.email, "password-reset");
       const newEmail = newAddress("new");
@@ -470,15 +458,15 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       expect(
         (await post("/api/v1/accounts/password-reset/complete", { token: resetToken, password: STRONG })).statusCode,
       ).toBe(400);
-      await signIn(app, newEmail, user.password);
-      await expect(signIn(app, user.email, user.password)).rejects.toThrow(/401/);
+      await signIn(world.app, newEmail, user.password);
+      await expect(signIn(world.app, user.email, user.password)).rejects.toThrow(/401/);
 
       const revertMail = await lastMail(user.email, "email-changed-revert");
       expect(revertMail.entry.rendered?.text).toMatch(/reset your password/);
       expect(revertMail.entry.rendered?.text).toContain(`https://charter.test/revert-email#token=${revertMail.token}`);
       expect((await post("/api/v1/accounts/email-change/revert", { token: revertMail.token })).statusCode).toBe(204);
       expect((await me(session.cookie)).statusCode).toBe(401);
-      const back = await signIn(app, user.email, user.password);
+      const back = await signIn(world.app, user.email, user.password);
       expect((await me(back.cookie)).json()).toMatchObject({ email: user.email, emailVerified: true });
       expect((await post("/api/v1/accounts/email-change/revert", { token: revertMail.token })).statusCode).toBe(400);
 
@@ -490,16 +478,16 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     });
 
     it("tells a verified holder of the new address instead, answering the caller the same", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
-      const holder = await createTestUser(deps, { email: newAddress("holder"), displayName: "Holder" });
-      const session = await signIn(app, user.email, user.password);
+      const user = await world.newUser();
+      const holder = await createTestUser(world.deps, { email: newAddress("holder"), displayName: "Holder" });
+      const session = await signIn(world.app, user.email, user.password);
       const free = newAddress("free");
       const toTaken = await post("/api/v1/me/email", { newEmail: holder.email }, sessionHeaders(session.cookie));
       const toFree = await post("/api/v1/me/email", { newEmail: free }, sessionHeaders(session.cookie));
       expect(toTaken.statusCode).toBe(toFree.statusCode);
       expect(toTaken.body).toBe(toFree.body);
       expect((await mailTo(holder.email)).map((e) => e.template)).toEqual(["email-change-existing-account"]);
-      const tokens = await t.db.withPlatform((tx) =>
+      const tokens = await world.t.db.withPlatform((tx) =>
         tx
           .selectFrom("account_tokens")
           .select("email_index")
@@ -508,13 +496,13 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
           .execute(),
       );
       expect(
-        tokens.map((r) => emailIndexOf(deps.keyRing, free).index.equals(r.email_index ?? Buffer.alloc(0))),
+        tokens.map((r) => emailIndexOf(world.deps.keyRing, free).index.equals(r.email_index ?? Buffer.alloc(0))),
       ).toEqual([true]);
     });
 
     it("requires recent authentication", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
-      const session = await signIn(app, user.email, user.password);
+      const user = await world.newUser();
+      const session = await signIn(world.app, user.email, user.password);
       clock.advance(11 * 60_000);
       const refused = await post("/api/v1/me/email", { newEmail: newAddress() }, sessionHeaders(session.cookie));
       expect(refused.statusCode).toBe(403);
@@ -526,7 +514,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     const address = newAddress("secret.person");
     const user = await signUpAndVerify(address, STRONG);
     const verifyToken = await tokenFrom(address, "verify-email");
-    const session = await signIn(app, address, STRONG);
+    const session = await signIn(world.app, address, STRONG);
     await post(
       "/api/v1/me/password",
       { currentPassword: "wrong password here", newPassword: STRONGER },
@@ -541,7 +529,7 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
     const resetToken = await tokenFrom(address, "password-reset");
     const final = "quartz lantern meadow 8812 drifting";
     await post("/api/v1/accounts/password-reset/complete", { token: resetToken, password: final });
-    const again = await signIn(app, address, final);
+    const again = await signIn(world.app, address, final);
     const newEmail = newAddress("secret.new");
     await post("/api/v1/me/email", { newEmail }, sessionHeaders(again.cookie));
     const changeToken = await tokenFrom(newEmail, "email-change-confirm");

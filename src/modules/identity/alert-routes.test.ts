@@ -1,68 +1,43 @@
 import { randomBytes } from "node:crypto";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import { raiseAlert } from "./alerts.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { addMembership } from "./memberships.ts";
 import type { MembershipRole } from "./roles.ts";
 import { SIGN_IN_PER_ACCOUNT } from "./session-routes.ts";
 import { createTenantWithOwner } from "./tenants.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  sessionHeaders,
-  signIn,
-  type TestUser,
-} from "./testing.ts";
+import { sessionHeaders, signIn, type TestUser, useIdentityTestApp } from "./testing.ts";
 
 describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
   const unique = () => randomBytes(5).toString("hex");
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   beforeEach(() => clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000 + 1000));
 
   const person = async () => {
     const displayName = `Person ${unique()}`;
-    return { ...(await createTestUser(deps, { email: `a-${unique()}@example.com`, displayName })), displayName };
+    return { ...(await world.newUser({ displayName })), displayName };
   };
-  const cookieOf = async (user: TestUser) => (await signIn(app, user.email, user.password)).cookie;
+  const cookieOf = async (user: TestUser) => (await signIn(world.app, user.email, user.password)).cookie;
   const get = (url: string, cookie?: string) =>
-    app.app.inject({ method: "GET", url, headers: cookie ? sessionHeaders(cookie) : {} });
+    world.app.app.inject({ method: "GET", url, headers: cookie ? sessionHeaders(cookie) : {} });
   const post = (url: string, cookie: string, payload?: object) =>
-    app.app.inject({ method: "POST", url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
+    world.app.app.inject({ method: "POST", url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
   const raise = (user: TestUser, kind: "factor-added" | "new-device", tenantId?: string) =>
-    t.db.withPlatform((tx) =>
-      raiseAlert(deps, tx, { kind, userId: user.id, tenantId, details: { factor: "passkey" }, requestId: "r" }),
+    world.t.db.withPlatform((tx) =>
+      raiseAlert(world.deps, tx, { kind, userId: user.id, tenantId, details: { factor: "passkey" }, requestId: "r" }),
     );
   async function tenantWith(owner: TestUser, members: [TestUser, MembershipRole][] = []) {
-    const tenant = await createTenantWithOwner(deps, {
+    const tenant = await createTenantWithOwner(world.deps, {
       userId: owner.id,
       tenant: { slug: `r-${unique()}`, name: `Org ${unique()}` },
       requestId: "setup",
     });
     const ids: string[] = [];
     for (const [user, role] of members) {
-      ids.push(
-        await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-          addMembership(tx, clock.now(), { tenantId: tenant.id, userId: user.id, role, invitedBy: null }),
-        ),
-      );
+      ids.push(await world.addMember(tenant.id, user.id, role));
     }
     return { ...tenant, memberIds: ids };
   }
@@ -94,8 +69,8 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
   it("names the organization of a tenant's alert", async () => {
     const user = await person();
     const tenant = await tenantWith(user);
-    await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
-      raiseAlert(deps, tx, {
+    await world.t.db.withTenant({ tenantId: tenant.id }, (tx) =>
+      raiseAlert(world.deps, tx, {
         kind: "api-key-created",
         userId: user.id,
         tenantId: tenant.id,
@@ -124,11 +99,11 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
     const refused = await post(`/api/v1/me/alerts/${theirs}/read`, cookie);
     expect(refused.statusCode).toBe(404);
     expect((await post(`/api/v1/me/alerts/${uuidv7()}/read`, cookie)).statusCode).toBe(404);
-    const untouched = await t.db.withPlatform((tx) =>
+    const untouched = await world.t.db.withPlatform((tx) =>
       tx.selectFrom("user_alerts").select("read_at").where("id", "=", theirs).executeTakeFirstOrThrow(),
     );
     expect(untouched.read_at).toBeNull();
-    const marked = await t.db.withPlatform((tx) =>
+    const marked = await world.t.db.withPlatform((tx) =>
       tx.selectFrom("platform_audit_events").select("target_id").where("action", "=", "alert.marked-read").execute(),
     );
     expect(marked.filter((e) => e.target_id === mine)).toHaveLength(1);
@@ -148,8 +123,8 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
     const subjectHere = tenant.memberIds[2];
     await raise(subject, "new-device");
     await raise(subject, "factor-added");
-    await t.db.withTenant({ tenantId: elsewhere.id }, (tx) =>
-      raiseAlert(deps, tx, {
+    await world.t.db.withTenant({ tenantId: elsewhere.id }, (tx) =>
+      raiseAlert(world.deps, tx, {
         kind: "api-key-created",
         userId: subject.id,
         tenantId: elsewhere.id,
@@ -197,7 +172,7 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
     });
     const theirs = (await get(`/api/v1/tenants/${tenant.id}/security/alerts`, await cookieOf(admin))).json().items;
     expect(theirs[0]).toMatchObject({ kind: "api-key-created", member: { id: tenant.membershipId } });
-    const mail = await deps.mailer.outbox({ limit: 1000 });
+    const mail = await world.deps.mailer.outbox({ limit: 1000 });
     expect(mail.filter((m) => m.to === owner.email).map((m) => m.template)).toContain("security-alert");
     expect(mail.filter((m) => m.to === admin.email).map((m) => m.template)).toEqual(["tenant-security-alert"]);
     expect(JSON.stringify(mine)).not.toContain(created.json().key);
@@ -209,7 +184,7 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
     const tenant = await tenantWith(owner, [[member, "member"]]);
     const cookie = await cookieOf(owner);
     const change = (role: MembershipRole) =>
-      app.app.inject({
+      world.app.app.inject({
         method: "PATCH",
         url: `/api/v1/tenants/${tenant.id}/members/${tenant.memberIds[0]}`,
         headers: sessionHeaders(cookie),
@@ -217,7 +192,7 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
       });
     const kinds = async () =>
       (
-        await t.db.withPlatform((tx) =>
+        await world.t.db.withPlatform((tx) =>
           tx
             .selectFrom("user_alerts")
             .select(["kind", "details"])
@@ -233,7 +208,7 @@ describe.each(DATABASE_KINDS)("alert routes on %s", (kind) => {
     expect((await change("member")).statusCode).toBe(200);
     expect((await change("owner")).statusCode).toBe(200);
     expect((await kinds()).map((d) => d.role)).toEqual(["admin", "owner"]);
-    const mail = (await deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === member.email);
+    const mail = (await world.deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === member.email);
     expect(mail.map((m) => m.rendered?.text ?? "").some((text) => text.includes(`owner role in ${tenant.name}`))).toBe(
       true,
     );

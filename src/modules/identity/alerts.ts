@@ -1,4 +1,3 @@
-import { sql } from "kysely";
 import { SYSTEM_ACTOR } from "../../platform/audit/index.ts";
 import type { Tx } from "../../platform/db/index.ts";
 import { uuidv7 } from "../../platform/ids.ts";
@@ -7,6 +6,7 @@ import type { IdentityDeps } from "./deps.ts";
 import type { AlertDetails, AlertKind, AlertSeverity } from "./devices-alerts-schema.ts";
 import { pageLink } from "./links.ts";
 import { MEMBERSHIP_ROLES, type MembershipRole } from "./roles.ts";
+import { actingIn, memberTenantsOf } from "./tenant-visits.ts";
 import { userEmail } from "./users.ts";
 
 /**
@@ -75,21 +75,6 @@ function mailFacts(details: AlertDetails): { factor?: AlertFactor; role?: Member
   };
 }
 
-/**
- * Runs `fn` with the caller's transaction acting in `tenantId` (row-level security then shows and accepts that
- * tenant's rows only), then puts back the tenant the transaction acted in before. An alert about an account
- * is stored in every tenant of its user in the transaction that raised it, as the database's snapshot visits
- * tenants one after another. On an error the transaction is lost anyway, so nothing is put back.
- */
-async function actingIn<T>(tx: Tx, tenantId: string, fn: () => Promise<T>): Promise<T> {
-  const { rows } = await sql<{ previous: string | null }>`
-    SELECT current_setting('app.tenant_id', true) AS previous`.execute(tx);
-  await sql`SELECT set_config('app.tenant_id', ${tenantId}, true)`.execute(tx);
-  const result = await fn();
-  await sql`SELECT set_config('app.tenant_id', ${rows[0]?.previous ?? ""}, true)`.execute(tx);
-  return result;
-}
-
 async function placements(tx: Tx, userId: string, tenantId: string | null | undefined): Promise<Placement[]> {
   if (tenantId) {
     const tenant = await tx.selectFrom("tenants").select("name").where("id", "=", tenantId).executeTakeFirstOrThrow();
@@ -101,15 +86,7 @@ async function placements(tx: Tx, userId: string, tenantId: string | null | unde
       .executeTakeFirst();
     return [{ tenantId, name: tenant.name, membershipId: member?.membership_id ?? null }];
   }
-  const rows = await tx
-    .selectFrom("user_tenants as ut")
-    .innerJoin("tenants as t", "t.id", "ut.member_of")
-    .select(["ut.member_of", "ut.membership_id", "t.name"])
-    .where("ut.user_id", "=", userId)
-    .where("t.status", "!=", "deleted")
-    .orderBy("ut.member_of")
-    .execute();
-  return rows.map((row) => ({ tenantId: row.member_of, name: row.name, membershipId: row.membership_id }));
+  return memberTenantsOf(tx, userId);
 }
 
 /** The tenant's live owners and admins but `except` (who gets the user's own mail), in the tenant of `tx`. */

@@ -1,19 +1,16 @@
 import * as crypto from "node:crypto";
 import fc from "fast-check";
 import type { LightMyRequestResponse } from "fastify";
-import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeAll, describe, expect, it, vi } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
 import type { Tx } from "../../platform/db/index.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import { createTenant, type Tenant } from "../../platform/tenancy/tenants.ts";
 import { hashSecret, newApiKey, parseApiKey, verifyApiKey } from "./api-keys.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { addMembership } from "./memberships.ts";
 import type { MembershipRole } from "./roles.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
+import { sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 
 // Spied on, not replaced: the test proves the secret's hash is compared with timingSafeEqual.
 vi.mock("node:crypto", async (importOriginal) => {
@@ -101,36 +98,32 @@ const secretOf = (key: string) => parseApiKey(key)?.secret ?? "";
 
 describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
   const clock = manualClock("2026-03-01T10:00:00.000Z");
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let test: TestApp;
+  const world = useIdentityTestApp(kind, clock);
   let tenant: Tenant;
   let other: Tenant;
   const people = {} as Record<"owner" | "admin" | "member" | "viewer" | "guest" | "otherAdmin", Member>;
 
   const newTenant = () =>
     createTenant(
-      t.db,
+      world.t.db,
       clock,
       { slug: `k-${crypto.randomBytes(5).toString("hex")}`, name: "Acme" },
-      deps.keyRing,
-      deps.audit,
+      world.deps.keyRing,
+      world.deps.audit,
     );
 
   /** A signed-in member of `tenantId` with `role`, the membership inserted as the member service would. */
   async function join(tenantId: string, role: MembershipRole): Promise<Member> {
-    const user = await createTestUser(deps, { email: `${role}-${crypto.randomBytes(5).toString("hex")}@example.test` });
-    const membershipId = await t.db.withTenant({ tenantId }, (tx) =>
-      addMembership(tx, clock.now(), { tenantId, userId: user.id, role, invitedBy: null }),
-    );
-    const session = await signIn(test, user.email, user.password);
+    const user = await world.newUser({ label: role });
+    const membershipId = await world.addMember(tenantId, user.id, role);
+    const session = await signIn(world.app, user.email, user.password);
     return { membershipId, headers: sessionHeaders(session.cookie) };
   }
 
   const inDays = (days: number) => new Date(clock.now().getTime() + days * DAY).toISOString();
 
   const request = (method: "GET" | "POST" | "DELETE", url: string, headers: Record<string, string>, payload?: object) =>
-    test.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
+    world.app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
 
   const keysUrl = (tenantId: string, kind: "api-keys" | "service-keys" = "api-keys") =>
     `/api/v1/tenants/${tenantId}/${kind}`;
@@ -151,7 +144,7 @@ describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
   }
 
   const keyRow = (tenantId: string, id: string) =>
-    t.db.withTenant({ tenantId }, async (tx) => {
+    world.t.db.withTenant({ tenantId }, async (tx) => {
       const row = await tx
         .selectFrom("api_keys")
         .selectAll()
@@ -163,7 +156,7 @@ describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
     });
 
   const events = (tenantId: string, action: string, targetId: string) =>
-    t.db.withTenant({ tenantId }, (tx) =>
+    world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .selectFrom("audit_events")
         .selectAll()
@@ -176,18 +169,11 @@ describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
   const status = (response: LightMyRequestResponse) => response.statusCode;
 
   beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    test = await buildIdentityTestApp(deps);
     tenant = await newTenant();
     other = await newTenant();
     for (const role of ["owner", "admin", "member", "viewer", "guest"] as const)
       people[role] = await join(tenant.id, role);
     people.otherAdmin = await join(other.id, "admin");
-  });
-  afterAll(async () => {
-    await test?.close();
-    await t?.close();
   });
 
   it("creates a personal key shown once, stores only the SHA-256 of its secret, and audits it without secrets", async () => {
@@ -406,7 +392,7 @@ describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
     expect(status(await listAll(adminKey))).toBe(200);
 
     const setRole = (role: MembershipRole) =>
-      t.db.withTenant({ tenantId: tenant.id }, (tx) =>
+      world.t.db.withTenant({ tenantId: tenant.id }, (tx) =>
         tx
           .updateTable("memberships")
           .set({ role })
@@ -433,7 +419,7 @@ describe.each(DATABASE_KINDS)("API keys on %s", (kind) => {
     const service = await createKey(admin, {}, "service-keys");
     expect(status(await request("GET", keysUrl(tenant.id), bearer(personal.key)))).toBe(200);
     // Only the membership changes (the member service also revokes the keys): verification alone refuses it.
-    await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
+    await world.t.db.withTenant({ tenantId: tenant.id }, (tx) =>
       tx
         .updateTable("memberships")
         .set({ status: "removed", removed_at: clock.now() })

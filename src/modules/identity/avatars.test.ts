@@ -1,17 +1,13 @@
 import { randomBytes } from "node:crypto";
 import type { LightMyRequestResponse } from "fastify";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
-import { createRateLimiter } from "../../platform/ratelimit/limiter.ts";
 import { createApiKey } from "./api-keys.ts";
 import { AVATAR_MAX_BYTES } from "./avatars.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { addMembership } from "./memberships.ts";
 import type { MembershipRole } from "./roles.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
+import { createTestUser, sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 
 type Headers = Record<string, string>;
 
@@ -35,46 +31,31 @@ const webp = (size = 600) => {
 const png = (size: number) => Buffer.concat([PNG, randomBytes(size - PNG.length)]);
 
 describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
-  let t: TestDatabase;
-  let shared: IdentityDeps;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    shared = createIdentityTestDeps(t.db, clock);
-  });
-  afterAll(async () => {
-    await shared?.rateLimiter.close();
-    await t?.close();
-  });
-  beforeEach(async () => {
-    deps = { ...shared, rateLimiter: createRateLimiter({ db: t.db, clock, hashKey: randomBytes(32) }) };
-    app = await buildIdentityTestApp(deps);
-  });
-  afterEach(() => app?.close());
+  const world = useIdentityTestApp(kind, clock);
+  // Fresh rate-limit windows (the longest are an hour) for each test, so sign-ins never run into another test's budget.
+  beforeEach(() => clock.advance(60 * 60_000 + 1000));
 
   const unique = () => randomBytes(5).toString("hex");
 
   async function person(options: { verified?: boolean } = {}): Promise<Person> {
-    const user = await createTestUser(deps, {
+    const user = await createTestUser(world.deps, {
       email: `avatar-${unique()}@example.com`,
       ...(options.verified === undefined ? {} : { verified: options.verified }),
     });
-    const session = await signIn(app, user.email, user.password);
+    const session = await signIn(world.app, user.email, user.password);
     return { id: user.id, headers: sessionHeaders(session.cookie) };
   }
 
-  const get = (url: string, headers: Headers) => app.app.inject({ method: "GET", url, headers });
+  const get = (url: string, headers: Headers) => world.app.app.inject({ method: "GET", url, headers });
   const upload = (who: Headers, mediaType: string, content: Buffer | string) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "PUT",
       url: "/api/v1/me/avatar",
       headers: who,
       payload: { mediaType, data: typeof content === "string" ? content : content.toString("base64") },
     });
-  const remove = (who: Headers) => app.app.inject({ method: "DELETE", url: "/api/v1/me/avatar", headers: who });
+  const remove = (who: Headers) => world.app.app.inject({ method: "DELETE", url: "/api/v1/me/avatar", headers: who });
   const profileAvatar = async (who: Headers) => (await get("/api/v1/me", who)).json().avatar as string | null;
 
   function expectStatus(response: LightMyRequestResponse, status: number, type?: string) {
@@ -94,7 +75,7 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
   }
 
   const filesOf = (personId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_files")
         .select(["id", "person_id", "kind", "media_type", "size_bytes", "deleted_at"])
@@ -104,12 +85,12 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
     );
   const avatarFileId = async (userId: string) =>
     (
-      await t.db.withPlatform((tx) =>
+      await world.t.db.withPlatform((tx) =>
         tx.selectFrom("users").select("avatar_file_id").where("id", "=", userId).executeTakeFirstOrThrow(),
       )
     ).avatar_file_id;
   const avatarEvents = (userId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .select(["stream", "actor_kind", "actor_id", "target_type", "target_id", "details"])
@@ -120,7 +101,7 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
     );
 
   async function createOrg(owner: Person): Promise<{ tenantId: string; ownerMembershipId: string }> {
-    const created = await app.app.inject({
+    const created = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/tenants",
       headers: owner.headers,
@@ -132,10 +113,7 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
     return { tenantId, ownerMembershipId: self.id };
   }
 
-  const join = (tenantId: string, who: Person, role: MembershipRole) =>
-    t.db.withTenant({ tenantId }, (tx) =>
-      addMembership(tx, clock.now(), { tenantId, userId: who.id, role, invitedBy: null }),
-    );
+  const join = (tenantId: string, who: Person, role: MembershipRole) => world.addMember(tenantId, who.id, role);
 
   const listed = async (tenantId: string, viewer: Person, membershipId: string) => {
     const items = (await get(`/api/v1/tenants/${tenantId}/members`, viewer.headers)).json().items as {
@@ -200,9 +178,11 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
     expectStatus(await upload(ada.headers, "image/webp", webp()), 200);
     const fileId = (await avatarFileId(ada.id)) as string;
     const ref = { owner: { scope: "person" as const, personId: ada.id }, id: fileId };
-    await t.db.withPlatform((tx) => deps.files.read(tx, ref));
-    await t.db.withPlatform((tx) => deps.keyRing.erasePerson(tx, { personId: ada.id, reason: "erasure-request" }));
-    await expect(t.db.withPlatform((tx) => deps.files.read(tx, ref))).rejects.toThrow();
+    await world.t.db.withPlatform((tx) => world.deps.files.read(tx, ref));
+    await world.t.db.withPlatform((tx) =>
+      world.deps.keyRing.erasePerson(tx, { personId: ada.id, reason: "erasure-request" }),
+    );
+    await expect(world.t.db.withPlatform((tx) => world.deps.files.read(tx, ref))).rejects.toThrow();
   });
 
   it("refuses content that is not the declared type, or not an accepted type, writing nothing", async () => {
@@ -251,10 +231,10 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
 
     const owner = await person();
     const { tenantId, ownerMembershipId } = await createOrg(owner);
-    const { key } = await t.db.withTenant({ tenantId }, (tx) =>
+    const { key } = await world.t.db.withTenant({ tenantId }, (tx) =>
       createApiKey(
         tx,
-        { clock, audit: deps.audit },
+        { clock, audit: world.deps.audit },
         {
           tenantId,
           kind: "personal",
@@ -309,7 +289,7 @@ describe.each(DATABASE_KINDS)("avatars on %s", (kind) => {
     expectStatus(await get(url as string, {}), 401, "unauthenticated");
 
     // A removed member's picture is no longer shown in the tenant.
-    const removed = await app.app.inject({
+    const removed = await world.app.app.inject({
       method: "DELETE",
       url: `/api/v1/tenants/${tenantId}/members/${miaMembership}`,
       headers: owner.headers,

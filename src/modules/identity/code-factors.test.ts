@@ -1,19 +1,11 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { oathtoolCode } from "../../../test/support/oathtool.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import { BACKUP_CODE_COUNT, newBackupCodes, remainingBackupCodes, storeBackupCodes } from "./backup-codes.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { applyDueFactorResets, requestFactorReset } from "./factor-resets.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  type TestUser,
-} from "./testing.ts";
+import { randomAddress, type TestUser, useIdentityTestApp } from "./testing.ts";
 import { beginTotpEnrolment, claimTotpStep, findTotpFactor, timeStepOf } from "./totp.ts";
 
 const TOKEN = /#token=([A-Za-z0-9_-]{43})$/m;
@@ -26,34 +18,22 @@ const STEP_MS = 30_000;
  * the second factors so that the reset link alone lets the owner back in.
  */
 describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   // Fresh rate-limit windows (reset requests count per hour) and time steps for every test.
   beforeEach(() => clock.advance(24 * 3_600_000));
 
-  const newAddress = () => `reset.${uuidv7().slice(-12)}@example.test`;
   const now = () => clock.now();
   const code = (secret: string, offsetMs = 0) => oathtoolCode(secret, new Date(now().getTime() + offsetMs));
 
   /** A user whose authenticator app is confirmed (its first code used now), with backup codes. */
   async function withApp(): Promise<{ user: TestUser; secret: string; backupCodes: string[] }> {
-    const user = await createTestUser(deps, { email: newAddress() });
-    const backup = await newBackupCodes(deps.passwords);
-    const secret = await t.db.withPlatform(async (tx) => {
-      const begun = (await beginTotpEnrolment(tx, deps.keyRing, user.id, now())) as string;
-      const factor = await findTotpFactor(tx, deps.keyRing, user.id);
+    const user = await world.newUser();
+    const backup = await newBackupCodes(world.deps.passwords);
+    const secret = await world.t.db.withPlatform(async (tx) => {
+      const begun = (await beginTotpEnrolment(tx, world.deps.keyRing, user.id, now())) as string;
+      const factor = await findTotpFactor(tx, world.deps.keyRing, user.id);
       await claimTotpStep(tx, user.id, timeStepOf(now()), now(), { enrolment: factor?.createdAt as Date });
       await storeBackupCodes(tx, user.id, backup.hashed, now());
       return begun;
@@ -63,14 +43,14 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
   }
 
   async function resetToken(address: string): Promise<string> {
-    const asked = await app.app.inject({
+    const asked = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/accounts/password-reset",
       remoteAddress: randomAddress(),
       payload: { email: address },
     });
     expect(asked.statusCode).toBe(202);
-    const mail = (await deps.mailer.outbox({ limit: 10_000 })).find(
+    const mail = (await world.deps.mailer.outbox({ limit: 10_000 })).find(
       (entry) => entry.to === address && entry.template === "password-reset",
     );
     const token = TOKEN.exec(mail?.rendered?.text ?? "")?.[1];
@@ -79,7 +59,7 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
   }
 
   const complete = (payload: object) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "POST",
       url: "/api/v1/accounts/password-reset/complete",
       remoteAddress: randomAddress(),
@@ -87,12 +67,12 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
     });
   const passwordHash = async (userId: string) =>
     (
-      await t.db.withPlatform((tx) =>
+      await world.t.db.withPlatform((tx) =>
         tx.selectFrom("users").select("password_hash").where("id", "=", userId).executeTakeFirstOrThrow(),
       )
     ).password_hash;
   const events = (userId: string, action: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .selectAll()
@@ -177,7 +157,7 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
     });
 
     it("asks nothing more of an account without a second factor", async () => {
-      const user = await createTestUser(deps, { email: newAddress() });
+      const user = await world.newUser();
       const token = await resetToken(user.email);
       expect((await complete({ token, password: NEW_PASSWORD })).statusCode).toBe(204);
     });
@@ -186,7 +166,7 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
   describe("factor reset", () => {
     it("removes the app, its backup codes and the passkeys when it falls due; the link alone lets the owner in", async () => {
       const { user } = await withApp();
-      await t.db.withPlatform((tx) =>
+      await world.t.db.withPlatform((tx) =>
         tx
           .insertInto("passkeys")
           .values({
@@ -202,14 +182,14 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
           })
           .execute(),
       );
-      const dueAt = await requestFactorReset(deps, user.email);
+      const dueAt = await requestFactorReset(world.deps, user.email);
       clock.set(new Date(dueAt.getTime() - 1));
-      expect(await applyDueFactorResets(deps)).toBe(0);
-      expect(await t.db.withPlatform((tx) => remainingBackupCodes(tx, user.id))).toBe(BACKUP_CODE_COUNT);
+      expect(await applyDueFactorResets(world.deps)).toBe(0);
+      expect(await world.t.db.withPlatform((tx) => remainingBackupCodes(tx, user.id))).toBe(BACKUP_CODE_COUNT);
 
       clock.set(dueAt);
-      expect(await applyDueFactorResets(deps)).toBe(1);
-      const left = await t.db.withPlatform(async (tx) => ({
+      expect(await applyDueFactorResets(world.deps)).toBe(1);
+      const left = await world.t.db.withPlatform(async (tx) => ({
         totp: await tx.selectFrom("totp_factors").select("user_id").where("user_id", "=", user.id).execute(),
         codes: await tx.selectFrom("backup_codes").select("id").where("user_id", "=", user.id).execute(),
         passkeys: await tx.selectFrom("passkeys").select("id").where("user_id", "=", user.id).execute(),
@@ -219,12 +199,12 @@ describe.each(DATABASE_KINDS)("typed second factors outside a session on %s", (k
         { actor_kind: "system", details: { factors: ["password", "totp", "backup-codes", "passkeys"] } },
       ]);
 
-      const mail = (await deps.mailer.outbox({ limit: 10_000 })).find(
+      const mail = (await world.deps.mailer.outbox({ limit: 10_000 })).find(
         (entry) => entry.to === user.email && entry.template === "factors-reset",
       );
       const token = TOKEN.exec(mail?.rendered?.text ?? "")?.[1] ?? "";
       expect((await complete({ token, password: NEW_PASSWORD })).statusCode).toBe(204);
-      const signedIn = await app.app.inject({
+      const signedIn = await world.app.app.inject({
         method: "POST",
         url: "/api/v1/sessions",
         remoteAddress: randomAddress(),

@@ -21,6 +21,11 @@ import { claimTotpStep, findTotpFactor, matchTotpCode } from "./totp.ts";
 
 /** Codes of either kind, across every route that takes one, per user: far too few to guess six digits. */
 export const SECOND_FACTOR_PER_ACCOUNT: RateRule = { name: "second-factor", limit: 10, windowSeconds: 15 * 60 };
+/**
+ * The same, per known device of the user, in place of the above: someone who holds the password but not the
+ * owner's browser spends only the account's allowance, never the one the owner's own browser proves codes with.
+ */
+export const SECOND_FACTOR_PER_DEVICE: RateRule = { name: "second-factor-device", limit: 10, windowSeconds: 15 * 60 };
 
 export const totpCode = z.string().trim().max(16).describe("The six digits the authenticator app shows");
 export const backupCode = z.string().trim().max(64).describe("One of the backup codes, dashes optional");
@@ -47,7 +52,7 @@ export const methodOf = (answer: CodeAnswer): CodeMethod => ("totpCode" in answe
 export interface SecondFactorAttempt {
   userId: string;
   address: string;
-  /** The user's known device the browser presented, whose own backoff counter stands in for the account's. */
+  /** The user's known device the browser presented, whose own window and backoff stand in for the account's. */
   deviceId?: string | undefined;
 }
 
@@ -62,19 +67,22 @@ export async function secondFactorAttempt(
 }
 
 /**
- * Counts one attempt at a second factor, refusing (429, Retry-After) once the user's window is full or while the
- * growing backoff of the source address or of the account (or of its known device) holds it back. Returns the
- * backoff counters, for recordCodeRefused to count a failure and the success to clear.
+ * Counts one attempt at a second factor, refusing (429, Retry-After) once the window of the account (or of its
+ * known device) is full or while the growing backoff of the source address or of the account (or of its known
+ * device) holds it back. Returns the backoff counters, for recordCodeRefused to count a failure and the success
+ * to clear.
  */
 export async function throttleSecondFactor(
   deps: Pick<IdentityDeps, "rateLimiter" | "db" | "clock" | "keyRing">,
   attempt: SecondFactorAttempt,
 ): Promise<BackoffTarget[]> {
-  const backoff = backoffTargets("second-factor", attempt.address, { key: attempt.userId, deviceId: attempt.deviceId });
+  const { userId, deviceId } = attempt;
+  const backoff = backoffTargets("second-factor", attempt.address, { key: userId, deviceId });
   await checkBackoff(deps, backoff);
-  const decision = await deps.rateLimiter.consume({ kind: "account", id: attempt.userId }, SECOND_FACTOR_PER_ACCOUNT, {
-    exact: true,
-  });
+  const decision =
+    deviceId === undefined
+      ? await deps.rateLimiter.consume({ kind: "account", id: userId }, SECOND_FACTOR_PER_ACCOUNT, { exact: true })
+      : await deps.rateLimiter.consume({ kind: "token", id: deviceId }, SECOND_FACTOR_PER_DEVICE, { exact: true });
   if (!decision.allowed) {
     throw new HttpProblem("rate-limited", "too many attempts; try again later", {
       headers: { "retry-after": String(decision.retryAfter) },

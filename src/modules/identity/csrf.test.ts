@@ -1,12 +1,10 @@
 import type { FastifyRequest } from "fastify";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
 import { HttpProblem } from "../../platform/http/problem.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { assertSameOrigin } from "./csrf.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, signIn, TEST_PUBLIC_URL } from "./testing.ts";
+import { createTestUser, signIn, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
 
 const request = (method: string, headers: Record<string, string>) => ({ method, headers }) as unknown as FastifyRequest;
 
@@ -46,26 +44,14 @@ describe("assertSameOrigin", () => {
 });
 
 describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
+  const world = useIdentityTestApp(kind, clock);
 
   it("refuses login CSRF: sign-in from another site, labelled or by Origin, with or without a cookie", async () => {
-    const user = await createTestUser(deps, { email: "csrf-sign-in@example.com" });
+    const user = await createTestUser(world.deps, { email: "csrf-sign-in@example.com" });
     const payload = { email: user.email, password: user.password };
     const attempt = (headers: Record<string, string>) =>
-      app.app.inject({ method: "POST", url: "/api/v1/sessions", headers, payload });
+      world.app.app.inject({ method: "POST", url: "/api/v1/sessions", headers, payload });
     const forged: Record<string, string>[] = [
       { "sec-fetch-site": "cross-site" },
       { "sec-fetch-site": "same-site" },
@@ -77,7 +63,7 @@ describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) =>
       expect(response.json().type).toBe("/problems/cross-site-request");
       expect(response.headers["set-cookie"]).toBeUndefined();
     }
-    const session = await signIn(app, user.email, user.password);
+    const session = await signIn(world.app, user.email, user.password);
     expect((await attempt({ cookie: session.cookie })).statusCode).toBe(403);
     // An API client (no cookie, no Origin) and an older browser on our own page are both fine.
     expect((await attempt({})).statusCode).toBe(200);
@@ -85,10 +71,10 @@ describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) =>
   });
 
   it("refuses a forged sign-out, and serves the same one from our own page", async () => {
-    const user = await createTestUser(deps, { email: "csrf-sign-out@example.com" });
-    const session = await signIn(app, user.email, user.password);
+    const user = await createTestUser(world.deps, { email: "csrf-sign-out@example.com" });
+    const session = await signIn(world.app, user.email, user.password);
     const signOut = (headers: Record<string, string>) =>
-      app.app.inject({
+      world.app.app.inject({
         method: "DELETE",
         url: "/api/v1/sessions/current",
         headers: { cookie: session.cookie, ...headers },
@@ -96,7 +82,7 @@ describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) =>
     expect((await signOut({ "sec-fetch-site": "cross-site" })).statusCode).toBe(403);
     expect((await signOut({ origin: "https://evil.example" })).statusCode).toBe(403);
     expect((await signOut({})).statusCode).toBe(403);
-    const who = await app.app.inject({ url: "/api/v1/sessions/current", headers: { cookie: session.cookie } });
+    const who = await world.app.app.inject({ url: "/api/v1/sessions/current", headers: { cookie: session.cookie } });
     expect(who.statusCode).toBe(200);
     expect((await signOut({ origin: "https://charter.test" })).statusCode).toBe(204);
   });
@@ -104,14 +90,14 @@ describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) =>
   it("refuses a forged sign-up and operator setup from an unlabelled browser (by Origin), creating nothing", async () => {
     const email = "csrf-sign-up@example.com";
     const forged = { origin: "https://evil.example" };
-    const signUp = await app.app.inject({
+    const signUp = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/accounts",
       headers: forged,
       payload: { email, displayName: "Forged", password: "a long and unguessable passphrase 42" },
     });
     expect(signUp.json().type).toBe("/problems/cross-site-request");
-    const setup = await app.app.inject({
+    const setup = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/operator/setup",
       headers: forged,
@@ -123,15 +109,15 @@ describe.each(DATABASE_KINDS)("cross-site sign-in and sign-out on %s", (kind) =>
       },
     });
     expect(setup.json().type).toBe("/problems/cross-site-request");
-    const users = await t.db.withPlatform((tx) => tx.selectFrom("users").select("id").execute());
-    const created = await app.app.inject({
+    const users = await world.t.db.withPlatform((tx) => tx.selectFrom("users").select("id").execute());
+    const created = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/accounts",
       headers: { origin: "https://charter.test" },
       payload: { email, displayName: "Real", password: "a long and unguessable passphrase 42" },
     });
     expect(created.statusCode).toBe(202);
-    const after = await t.db.withPlatform((tx) => tx.selectFrom("users").select("id").execute());
+    const after = await world.t.db.withPlatform((tx) => tx.selectFrom("users").select("id").execute());
     expect(after.length).toBe(users.length + 1);
   });
 });

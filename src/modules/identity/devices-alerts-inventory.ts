@@ -1,5 +1,4 @@
 import {
-  type ColumnEntry,
   defineTable,
   notPersonal,
   type Retention,
@@ -7,6 +6,7 @@ import {
   WITH_TENANT_DATA,
 } from "../../platform/inventory/types.ts";
 import "./devices-alerts-schema.ts";
+import { ONE_DAY, personal, throughMembership } from "./inventory-entries.ts";
 
 /**
  * The tables of migration 0013 (promise A6): authentication backoff, known devices, failed sign-in counts and
@@ -17,19 +17,13 @@ import "./devices-alerts-schema.ts";
 /** A backoff counter is swept an hour after it expires (its own expires_at). */
 const AFTER_EXPIRY: Retention = { anchor: "window-ended", duration: "PT1H", action: "delete" };
 const ONE_YEAR: Retention = { anchor: "event-time", duration: "P1Y", action: "delete" };
-const ONE_DAY: Retention = { anchor: "event-time", duration: "P1D", action: "delete" };
 
-function auth(purpose: string, retention: Retention): ColumnEntry {
-  return {
-    category: "authentication",
-    personal: true,
-    purpose,
-    legalBasis: "legitimate-interest",
-    keyScope: null,
-    erasure: { action: "delete" },
-    retention,
-  };
-}
+/**
+ * Kept to protect the account against those who would break into it (a legitimate interest of its owner and of
+ * the platform), rather than to provide the service itself.
+ */
+const auth = (purpose: string, retention: Retention) =>
+  personal("authentication", purpose, retention, { legalBasis: "legitimate-interest" });
 
 // A keyed HMAC of an address, account or device with the flow it counts: pseudonymous, since the platform holds
 // the key; erasure cannot find a row from a person (the hash does not reverse), so rows go when they expire.
@@ -100,11 +94,7 @@ const userAlerts = defineTable("user_alerts", {
 const tenantAlerts = defineTable("tenant_alerts", {
   owner: "tenant",
   row: "one alert shown to a tenant's owners and admins: raised in the tenant, or about a member's account",
-  subject: {
-    kind: "path",
-    via: [{ column: "membership_id", references: { table: "memberships", column: "id" }, link: "foreign-key" }],
-    of: "user",
-  },
+  subject: throughMembership("membership_id"),
   columns: {
     tenant_id: notPersonal("authentication", "the tenant whose owners and admins see the alert", WITH_TENANT_DATA),
     id: alert("identifies the alert"),

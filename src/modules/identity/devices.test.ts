@@ -1,47 +1,25 @@
-import { randomBytes } from "node:crypto";
 import type { LightMyRequestResponse } from "fastify";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
-import { uuidv7 } from "../../platform/ids.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { DEVICE_COOKIE_MAX_AGE_SECONDS } from "./devices.ts";
 import { SIGN_IN_PER_ACCOUNT } from "./session-routes.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  type TestUser,
-} from "./testing.ts";
+import { randomAddress, type TestUser, useIdentityTestApp } from "./testing.ts";
 import { hashToken } from "./tokens.ts";
 
 const DEVICE = "__Host-charter_device";
 const WRONG = "not the password at all";
 
 describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-  const email = () => `d-${randomBytes(5).toString("hex")}@example.com`;
+  const world = useIdentityTestApp(kind, clock);
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   // Each test starts in fresh rate-limit windows.
   beforeEach(() => clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000 + 1000));
 
   /** A sign-in from a browser holding `device` (a device cookie value) or none. */
   const attempt = (user: Pick<TestUser, "email">, password: string, device?: string) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       remoteAddress: randomAddress(),
@@ -50,14 +28,14 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
     });
   const deviceCookie = (response: LightMyRequestResponse) => response.cookies.find((c) => c.name === DEVICE);
   const alerts = (userId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx.selectFrom("user_alerts").select(["kind", "details"]).where("user_id", "=", userId).orderBy("id").execute(),
     );
   const devices = (userId: string) =>
-    t.db.withPlatform((tx) => tx.selectFrom("known_devices").selectAll().where("user_id", "=", userId).execute());
+    world.t.db.withPlatform((tx) => tx.selectFrom("known_devices").selectAll().where("user_id", "=", userId).execute());
 
   it("remembers the browser of a sign-in in a __Host- cookie, kept only hashed", async () => {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const response = await attempt(user, user.password);
     expect(response.statusCode).toBe(200);
     const cookie = deviceCookie(response);
@@ -72,7 +50,7 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
   });
 
   it("raises a new-device alert for a browser the account has not used, not for one it has", async () => {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const first = deviceCookie(await attempt(user, user.password))?.value;
     clock.advance(60_000);
     const again = await attempt(user, user.password, first);
@@ -90,14 +68,14 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
     expect(raised).toHaveLength(1);
     expect(raised[0]).toMatchObject({ kind: "new-device", details: { method: "password" } });
     expect(await devices(user.id)).toHaveLength(2);
-    const mail = (await deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === user.email);
+    const mail = (await world.deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === user.email);
     expect(mail.map((m) => m.template)).toEqual(["security-alert"]);
     expect(mail[0]?.rendered?.text).toContain("from a browser or device that had not been used with it before");
   });
 
   it("keeps one cookie per browser: signing in to another account makes it known there too, as a new device", async () => {
-    const alice = await createTestUser(deps, { email: email() });
-    const bob = await createTestUser(deps, { email: email() });
+    const alice = await world.newUser();
+    const bob = await world.newUser();
     await attempt(bob, bob.password);
     const browser = deviceCookie(await attempt(alice, alice.password))?.value;
     const response = await attempt(bob, bob.password, browser);
@@ -108,23 +86,8 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
   });
 
   it("remembers nothing for a half-session: the browser is known once the second factor is proven", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    await t.db.withPlatform((tx) =>
-      tx
-        .insertInto("passkeys")
-        .values({
-          id: uuidv7(),
-          user_id: user.id,
-          credential_id: randomBytes(32),
-          public_key: randomBytes(77),
-          sign_count: 0,
-          device_type: "singleDevice",
-          backed_up: false,
-          name: "Key",
-          created_at: clock.now(),
-        })
-        .execute(),
-    );
+    const user = await world.newUser();
+    await world.addPasskey(user.id);
     const response = await attempt(user, user.password);
     expect(response.statusCode).toBe(200);
     expect(response.json().session.state).toBe("pending-second-factor");
@@ -133,7 +96,7 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
   });
 
   it("does not let an attacker failing at an account lock its owner's browser out", async () => {
-    const owner = await createTestUser(deps, { email: email() });
+    const owner = await world.newUser();
     const browser = deviceCookie(await attempt(owner, owner.password))?.value;
     clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000);
     // The attacker spends the account's window, then, in the next, gets it into backoff.
@@ -156,7 +119,7 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
   });
 
   it("counts a known browser's own failures on its own limits", async () => {
-    const owner = await createTestUser(deps, { email: email() });
+    const owner = await world.newUser();
     const browser = deviceCookie(await attempt(owner, owner.password))?.value;
     for (let i = 0; i < SIGN_IN_PER_ACCOUNT.limit; i++) {
       expect((await attempt(owner, WRONG, browser)).statusCode).toBe(401);
@@ -167,8 +130,8 @@ describe.each(DATABASE_KINDS)("known devices on %s", (kind) => {
   });
 
   it("spares only the account the browser signed in to, never another", async () => {
-    const alice = await createTestUser(deps, { email: email() });
-    const victim = await createTestUser(deps, { email: email() });
+    const alice = await world.newUser();
+    const victim = await world.newUser();
     const alicesBrowser = deviceCookie(await attempt(alice, alice.password))?.value;
     for (let i = 0; i < SIGN_IN_PER_ACCOUNT.limit; i++) {
       expect((await attempt(victim, WRONG, alicesBrowser)).statusCode).toBe(401);

@@ -11,7 +11,7 @@ import { deleteBackupCodes } from "./backup-codes.ts";
 import type { IdentityDeps } from "./deps.ts";
 import { isSessionPrincipal, revokeUserSessions } from "./sessions.ts";
 import { deleteTotpFactor } from "./totp.ts";
-import { emailIndexOf, findUserById, findVerifiedUserByEmail, userEmail } from "./users.ts";
+import { emailIndexOf, findUserById, findVerifiedUserByEmail, lockUser, userEmail } from "./users.ts";
 
 /**
  * Resetting a user's lost sign-in factors (issue 5, item 2): whoever runs the platform asks for it on the
@@ -64,11 +64,6 @@ function resetEvent(
     details,
     requestId: requestId ?? null,
   };
-}
-
-/** Serialises every change to the user's pending reset (a request, a cancel, the sweep) for the transaction. */
-async function lockUser(tx: Tx, userId: string): Promise<void> {
-  await tx.selectFrom("users").select("id").where("id", "=", userId).forUpdate().execute();
 }
 
 const pending = (tx: Tx, userId: string) =>

@@ -1,5 +1,4 @@
 import {
-  type Category,
   type ColumnEntry,
   defineTable,
   type ModuleInventory,
@@ -11,6 +10,7 @@ import {
 import "./schema.ts";
 import "./policy-schema.ts";
 import { devicesAlertsInventory } from "./devices-alerts-inventory.ts";
+import { byMember, personal, throughMembership } from "./inventory-entries.ts";
 import { ssoInventory } from "./sso-inventory.ts";
 
 /**
@@ -22,24 +22,6 @@ import { ssoInventory } from "./sso-inventory.ts";
 const WITH_ACCOUNT: Retention = { anchor: "account-closed", duration: "P90D", action: "delete" };
 /** Ended sessions and spent tokens are kept 90 days for the user's session history and investigations. */
 const NINETY_DAYS: Retention = { anchor: "event-time", duration: "P90D", action: "delete" };
-
-function personal(
-  category: Category,
-  purpose: string,
-  retention: Retention,
-  extra: Partial<ColumnEntry> = {},
-): ColumnEntry {
-  return {
-    category,
-    personal: true,
-    purpose,
-    legalBasis: "contract",
-    keyScope: null,
-    erasure: { action: "delete" },
-    retention,
-    ...extra,
-  };
-}
 
 const account = (purpose: string) => personal("account", purpose, WITH_ACCOUNT);
 const sealedUnderPerson = (purpose: string) =>
@@ -159,18 +141,6 @@ function member(purpose: string): ColumnEntry {
   return personal("account", purpose, WITH_TENANT_DATA);
 }
 
-/** A column naming another membership: personal data of that member, kept while the row lives. */
-function byMember(column: string, purpose: string): ColumnEntry {
-  return personal("account", purpose, WITH_TENANT_DATA, {
-    erasure: { action: "anonymise", strategy: "set-null" },
-    subject: {
-      kind: "path",
-      via: [{ column, references: { table: "memberships", column: "id" }, link: "foreign-key" }],
-      of: "user",
-    },
-  });
-}
-
 const memberships = defineTable("memberships", {
   owner: "tenant",
   row: "one user's membership of a tenant, with its role; kept, marked removed, after removal",
@@ -231,11 +201,7 @@ const invitations = defineTable("invitations", {
 const apiKeys = defineTable("api_keys", {
   owner: "tenant",
   row: "one API key of a tenant: personal (a member's) or service (the tenant's)",
-  subject: {
-    kind: "path",
-    via: [{ column: "membership_id", references: { table: "memberships", column: "id" }, link: "foreign-key" }],
-    of: "user",
-  },
+  subject: throughMembership("membership_id"),
   columns: {
     tenant_id: notPersonal("authentication", "the tenant the key works in", WITH_TENANT_DATA),
     id: notPersonal(
@@ -370,11 +336,7 @@ const securityPolicies = defineTable("security_policies", {
 const breakGlassOpenings = defineTable("break_glass_openings", {
   owner: "tenant",
   row: "one break-glass opening of a tenant's security settings by its designated owner, at most an hour long",
-  subject: {
-    kind: "path",
-    via: [{ column: "membership_id", references: { table: "memberships", column: "id" }, link: "foreign-key" }],
-    of: "user",
-  },
+  subject: throughMembership("membership_id"),
   columns: {
     tenant_id: notPersonal("authentication", "the tenant", WITH_TENANT_DATA),
     id: notPersonal("authentication", "identifies the opening", WITH_TENANT_DATA),

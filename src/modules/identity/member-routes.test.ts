@@ -1,14 +1,11 @@
 import { randomBytes } from "node:crypto";
 import type { LightMyRequestResponse } from "fastify";
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
-import { createRateLimiter } from "../../platform/ratelimit/limiter.ts";
 import { newApiKey } from "./api-keys.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, createTestUser, sessionHeaders, signIn } from "./testing.ts";
+import { createTestUser, sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 
 type Headers = Record<string, string>;
 
@@ -19,43 +16,25 @@ interface Person {
 }
 
 describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-
-  let shared: IdentityDeps;
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    shared = createIdentityTestDeps(t.db, clock);
-  });
-  afterAll(async () => {
-    await shared?.rateLimiter.close();
-    await t?.close();
-  });
-
-  // A fresh rate limiter per test, so sign-ins never run into another test's budget.
-  beforeEach(async () => {
-    deps = { ...shared, rateLimiter: createRateLimiter({ db: t.db, clock, hashKey: randomBytes(32) }) };
-    app = await buildIdentityTestApp(deps);
-  });
-  afterEach(() => app?.close());
+  const world = useIdentityTestApp(kind, clock);
+  // Fresh rate-limit windows (the longest are an hour) for each test, so sign-ins never run into another test's budget.
+  beforeEach(() => clock.advance(60 * 60_000 + 1000));
 
   const unique = () => randomBytes(5).toString("hex");
 
   async function person(options: { verified?: boolean; name?: string } = {}): Promise<Person> {
-    const user = await createTestUser(deps, {
+    const user = await createTestUser(world.deps, {
       email: `p-${unique()}@example.com`,
       displayName: options.name ?? `Person ${unique()}`,
       ...(options.verified === undefined ? {} : { verified: options.verified }),
     });
-    const session = await signIn(app, user.email, user.password);
+    const session = await signIn(world.app, user.email, user.password);
     return { id: user.id, email: user.email, headers: sessionHeaders(session.cookie) };
   }
 
   const call = (method: "GET" | "POST" | "PATCH" | "DELETE", url: string, headers: Headers, payload?: object) =>
-    app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
+    world.app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
 
   async function createOrg(owner: Person): Promise<string> {
     const response = await call("POST", "/api/v1/tenants", owner.headers, { slug: `s-${unique()}`, name: "Acme" });
@@ -65,7 +44,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
 
   /** The token of the newest invitation mailed to `email`, read from the outbox as the invitee would. */
   async function mailedToken(email: string): Promise<string> {
-    const mail = (await deps.mailer.outbox()).find(
+    const mail = (await world.deps.mailer.outbox()).find(
       (entry) => entry.to === email && entry.template === "member-invitation",
     );
     const token = /#token=([^\s]+)/.exec(mail?.rendered?.text ?? "")?.[1];
@@ -96,7 +75,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
     }[];
 
   const tenantEvents = (tenantId: string) =>
-    t.db.withTenant({ tenantId }, (tx) =>
+    world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .selectFrom("audit_events")
         .select(["action", "actor_kind", "actor_id", "target_id", "details"])
@@ -106,7 +85,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
     );
 
   const platformEvents = (actorId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .select(["action", "actor_kind", "details", "target_id"])
@@ -153,7 +132,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
     expectStatus(refused, 403, "forbidden");
     expect((await call("GET", "/api/v1/me/tenants", unverified.headers)).json().items).toEqual([]);
     const operator = await person();
-    await t.db.withPlatform((tx) =>
+    await world.t.db.withPlatform((tx) =>
       tx.insertInto("operators").values({ user_id: operator.id, created_at: clock.now() }).execute(),
     );
     const byOperator = await call("POST", "/api/v1/tenants", operator.headers, { slug: `s-${unique()}`, name: "Op" });
@@ -245,7 +224,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
       [other.membershipId, { from: "admin", to: "owner" }],
     ]);
     // The promoted member's sessions rotate on their next request.
-    const epochs = await t.db.withPlatform((tx) =>
+    const epochs = await world.t.db.withPlatform((tx) =>
       tx.selectFrom("users").select(["id", "privilege_epoch"]).where("id", "in", [member.id, admin.id]).execute(),
     );
     expect(Object.fromEntries(epochs.map((u) => [u.id, Number(u.privilege_epoch)]))).toEqual({
@@ -280,7 +259,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
     // A personal key of the member, as the API key routes would have made it.
     const keyId = uuidv7();
     const { key, secretHash } = newApiKey(keyId);
-    await t.db.withTenant({ tenantId }, (tx) =>
+    await world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .insertInto("api_keys")
         .values({
@@ -312,7 +291,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
       (await call("GET", "/api/v1/me/tenants", member.headers)).json().items.map((i: { id: string }) => i.id),
     ).toEqual([ownTenant]);
     expect((await members(owner, tenantId)).map((m) => m.id)).not.toContain(member.membershipId);
-    const { row, apiKey } = await t.db.withTenant({ tenantId }, async (tx) => ({
+    const { row, apiKey } = await world.t.db.withTenant({ tenantId }, async (tx) => ({
       row: await tx
         .selectFrom("memberships")
         .select(["status", "removed_at", "removed_by"])
@@ -406,7 +385,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
       403,
       "forbidden",
     );
-    const late = await createTestUser(deps, { email: `late-${unique()}@example.com` });
+    const late = await createTestUser(world.deps, { email: `late-${unique()}@example.com` });
     const lateToken = await invite(admin, tenantId, late.email, "viewer");
     const revokedUser = await person();
     const revokedToken = await invite(admin, tenantId, revokedUser.email, "viewer");
@@ -415,7 +394,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
     expectStatus(await accept(revokedUser, revokedToken), 404, "not-found");
     expect((await tenantEvents(tenantId)).map((e) => e.action)).toContain("membership.invitation-revoked");
     clock.advance(7 * 24 * 60 * 60 * 1000);
-    const lateSession = await signIn(app, late.email, late.password);
+    const lateSession = await signIn(world.app, late.email, late.password);
     const lateAccept = await accept({ ...revokedUser, headers: sessionHeaders(lateSession.cookie) }, lateToken);
     expectStatus(lateAccept, 404, "not-found");
     const reasons = (await platformEvents(late.id)).map((e) => (e.details as { reason?: string }).reason);
@@ -433,11 +412,11 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
 
   describe("the operator", () => {
     async function operator(): Promise<Person> {
-      const user = await createTestUser(deps, { email: `op-${unique()}@example.com` });
-      await t.db.withPlatform((tx) =>
+      const user = await createTestUser(world.deps, { email: `op-${unique()}@example.com` });
+      await world.t.db.withPlatform((tx) =>
         tx.insertInto("operators").values({ user_id: user.id, created_at: clock.now() }).execute(),
       );
-      const session = await signIn(app, user.email, user.password);
+      const session = await signIn(world.app, user.email, user.password);
       return { id: user.id, email: user.email, headers: sessionHeaders(session.cookie) };
     }
 
@@ -478,7 +457,7 @@ describe.each(DATABASE_KINDS)("tenants, members and invitations on %s", (kind) =
       const joinedAsOwner = await accept(future, await mailedToken(future.email));
       expectStatus(joinedAsOwner, 200);
       expect(joinedAsOwner.json().role).toBe("owner");
-      const invitation = await t.db.withTenant({ tenantId }, (tx) =>
+      const invitation = await world.t.db.withTenant({ tenantId }, (tx) =>
         tx.selectFrom("invitations").select("invited_by").where("tenant_id", "=", tenantId).executeTakeFirst(),
       );
       expect(invitation).toEqual({ invited_by: null });

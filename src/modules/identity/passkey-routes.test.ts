@@ -1,7 +1,7 @@
 import type { LightMyRequestResponse } from "fastify";
 import { sql } from "kysely";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import {
   type AssertionOverrides,
   type CreationOptions,
@@ -10,39 +10,17 @@ import {
   SoftwareAuthenticator,
 } from "../../../test/support/webauthn-authenticator.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { CHALLENGE_LIFETIME_MS } from "./passkeys.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  signIn,
-  type TestUser,
-} from "./testing.ts";
+import { randomAddress, signIn, type TestUser, useIdentityTestApp } from "./testing.ts";
 
 const SESSION = "__Host-charter_session";
 const PREAUTH = "__Host-charter_preauth";
-let counter = 0;
-const email = () => `passkey-${Date.now()}-${++counter}@example.com`;
 
 describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-05-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   // Each test starts in fresh rate-limit windows, well apart from the previous test's ceremonies.
   beforeEach(() => clock.advance(60 * 60_000));
 
@@ -61,7 +39,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     return response;
   }
   async function send(b: Browser, method: "GET" | "POST" | "PATCH" | "DELETE", url: string, payload?: object) {
-    const response = await app.app.inject({
+    const response = await world.app.app.inject({
       method,
       url,
       remoteAddress: randomAddress(),
@@ -71,7 +49,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     return keep(b, response);
   }
   async function signedIn(user: TestUser, b = browser()): Promise<Browser> {
-    const session = await signIn(app, user.email, user.password);
+    const session = await signIn(world.app, user.email, user.password);
     b.cookies.set(SESSION, session.token);
     return b;
   }
@@ -88,7 +66,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
   }
   /** A user with a password and a registered passkey, and the browser holding both. */
   async function userWithPasskey(authenticator = new SoftwareAuthenticator()) {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const b = await signedIn(user, browser(authenticator));
     const registered = await register(b);
     expect(registered.statusCode, registered.body).toBe(201);
@@ -104,20 +82,24 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     return send(b, "POST", "/api/v1/sessions/passkey", { response });
   }
   const events = (action: string, subject?: string) =>
-    t.db.withPlatform((tx) => {
+    world.t.db.withPlatform((tx) => {
       let query = tx.selectFrom("platform_audit_events").selectAll().where("action", "=", action);
       if (subject) query = query.where(sql<boolean>`${subject}::uuid = ANY(subject_ids)`);
       return query.orderBy("at").orderBy("id").execute();
     });
   const failures = async (subject: string) => (await events("auth.passkey-failed", subject)).map((e) => e.details);
   const passkeyRow = (id: string) =>
-    t.db.withPlatform((tx) => tx.selectFrom("passkeys").selectAll().where("id", "=", id).executeTakeFirstOrThrow());
+    world.t.db.withPlatform((tx) =>
+      tx.selectFrom("passkeys").selectAll().where("id", "=", id).executeTakeFirstOrThrow(),
+    );
   const sessionRow = (id: string) =>
-    t.db.withPlatform((tx) => tx.selectFrom("sessions").selectAll().where("id", "=", id).executeTakeFirstOrThrow());
+    world.t.db.withPlatform((tx) =>
+      tx.selectFrom("sessions").selectAll().where("id", "=", id).executeTakeFirstOrThrow(),
+    );
 
   describe("registration", () => {
     it("registers a passkey with packed self-attestation: options, verification, storage, audit, list", async () => {
-      const user = await createTestUser(deps, { email: email(), displayName: "Ada" });
+      const user = await world.newUser({ displayName: "Ada" });
       const b = await signedIn(user);
       const options = await registrationOptions(b);
       expect(options).toMatchObject({
@@ -127,7 +109,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
         excludeCredentials: [],
         authenticatorSelection: { residentKey: "required", userVerification: "required" },
       });
-      const handle = await t.db.withPlatform((tx) =>
+      const handle = await world.t.db.withPlatform((tx) =>
         tx.selectFrom("users").select("webauthn_handle").where("id", "=", user.id).executeTakeFirstOrThrow(),
       );
       expect(Buffer.from(handle.webauthn_handle ?? []).toString("base64url")).toBe(options.user.id);
@@ -165,7 +147,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it('accepts "none" attestation and a synced passkey', async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user, browser(new SoftwareAuthenticator({ backedUp: true })));
       const created = await register(b, { format: "none" });
       expect(created.statusCode, created.body).toBe(201);
@@ -173,7 +155,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it("needs recent authentication, for the options and for the response", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user);
       const options = await registrationOptions(b);
       clock.advance(RECENT_AUTHENTICATION_MS + 1000);
@@ -183,7 +165,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       const refused = await send(b, "POST", "/api/v1/me/passkeys/registration-options");
       expect(refused.statusCode).toBe(403);
       expect(
-        await t.db.withPlatform((tx) =>
+        await world.t.db.withPlatform((tx) =>
           tx.selectFrom("passkeys").select("id").where("user_id", "=", user.id).execute(),
         ),
       ).toEqual([]);
@@ -197,7 +179,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       ["an assertion's type", { type: "webauthn.get" }, "invalid-response"],
       ["a challenge of its own", { challenge: "A".repeat(43) }, "challenge"],
     ] as const)("refuses a registration with %s, and audits why", async (_label, overrides, reason) => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user);
       const refused = await register(b, overrides);
       expect(refused.statusCode).toBe(400);
@@ -207,7 +189,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it("refuses a replayed response and a challenge issued to another session", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user);
       const options = await registrationOptions(b);
       const response = b.authenticator.register(options);
@@ -230,7 +212,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it("refuses an expired challenge", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user);
       const options = await registrationOptions(b);
       clock.advance(CHALLENGE_LIFETIME_MS);
@@ -244,21 +226,21 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       const known = b.authenticator.credentials[0]?.id as Buffer;
       const own = await register(b, { credentialId: known });
       expect(own.statusCode).toBe(409);
-      const stranger = await createTestUser(deps, { email: email() });
+      const stranger = await world.newUser();
       const sb = await signedIn(stranger);
       const theirs = await register(sb, { credentialId: known });
       expect(theirs.statusCode).toBe(409);
       expect(await failures(user.id)).toEqual([{ purpose: "register", reason: "known-credential" }]);
       expect(await failures(stranger.id)).toEqual([{ purpose: "register", reason: "known-credential" }]);
       expect(
-        await t.db.withPlatform((tx) =>
+        await world.t.db.withPlatform((tx) =>
           tx.selectFrom("passkeys").select("id").where("user_id", "=", stranger.id).execute(),
         ),
       ).toEqual([]);
     });
 
     it("refuses malformed input before verifying anything", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const b = await signedIn(user);
       const response = b.authenticator.register(await registrationOptions(b));
       for (const body of [
@@ -287,7 +269,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       expect(renamed.json()).toMatchObject({ id: passkeyId, name: "Phone" });
       expect(await events("auth.passkey-renamed", user.id)).toHaveLength(1);
 
-      const stranger = await signedIn(await createTestUser(deps, { email: email() }));
+      const stranger = await signedIn(await world.newUser());
       const theirs = await send(stranger, "PATCH", `/api/v1/me/passkeys/${passkeyId}`, { name: "Mine now" });
       expect(theirs.statusCode).toBe(404);
       expect((await send(stranger, "DELETE", `/api/v1/me/passkeys/${passkeyId}`)).statusCode).toBe(404);
@@ -313,8 +295,34 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       const refused = await passkeySignIn(browser(b.authenticator));
       expect(refused.statusCode).toBe(401);
       // Without a second factor, a password sign-in is complete again.
-      const session = await signIn(app, user.email, user.password);
+      const session = await signIn(world.app, user.email, user.password);
       expect((await sessionRow(session.sessionId)).state).toBe("active");
+    });
+
+    it("keeps the last second factor of a member of a tenant that requires MFA, not any other passkey (409)", async () => {
+      const { user, b, passkeyId } = await userWithPasskey();
+      const strict = await world.newTenant("Strict Ltd");
+      await world.addMember(strict, user.id, "member");
+      await world.setPolicy(strict, { requireMfa: true });
+      await world.addMember(await world.newTenant("Lax Ltd"), user.id, "member");
+
+      const refused = await send(b, "DELETE", `/api/v1/me/passkeys/${passkeyId}`);
+      expect(refused.statusCode).toBe(409);
+      expect(refused.headers["content-type"]).toMatch(/^application\/problem\+json/);
+      expect(refused.json()).toMatchObject({
+        type: "/problems/last-second-factor",
+        detail: expect.stringMatching(/^1 of your organizations requires a second factor \(Strict Ltd\)/),
+      });
+      await passkeyRow(passkeyId);
+      expect(await events("auth.passkey-removed", user.id)).toEqual([]);
+
+      // With another passkey left, either may go; the one left is again the last.
+      const other = await register(b, {}, "Phone");
+      expect(other.statusCode, other.body).toBe(201);
+      expect((await send(b, "DELETE", `/api/v1/me/passkeys/${passkeyId}`)).statusCode).toBe(204);
+      const last = await send(b, "DELETE", `/api/v1/me/passkeys/${other.json().id}`);
+      expect(last.statusCode).toBe(409);
+      expect(last.json().type).toBe("/problems/last-second-factor");
     });
   });
 
@@ -472,7 +480,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it("is refused when forged by another site", async () => {
-      const refused = await app.app.inject({
+      const refused = await world.app.app.inject({
         method: "POST",
         url: "/api/v1/sessions/passkey/options",
         headers: { "sec-fetch-site": "cross-site" },
@@ -487,7 +495,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     async function halfSignedIn() {
       const setup = await userWithPasskey();
       const b = browser(setup.b.authenticator);
-      const session = await signIn(app, setup.user.email, setup.user.password);
+      const session = await signIn(world.app, setup.user.email, setup.user.password);
       b.cookies.set(SESSION, session.token);
       expect((await sessionRow(session.sessionId)).state).toBe("pending-second-factor");
       return { ...setup, b, sessionId: session.sessionId };
@@ -568,7 +576,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
 
     it("answers 409 to a half-session of a user without passkeys", async () => {
       const { user, b, passkeyId } = await halfSignedIn();
-      await t.db.withPlatform((tx) => tx.deleteFrom("passkeys").where("id", "=", passkeyId).execute());
+      await world.t.db.withPlatform((tx) => tx.deleteFrom("passkeys").where("id", "=", passkeyId).execute());
       const none = await send(b, "POST", "/api/v1/sessions/current/second-factor/passkey/options");
       expect(none.statusCode).toBe(409);
       expect(await failures(user.id)).toEqual([]);
@@ -607,7 +615,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     });
 
     it("answers 409 to a user without passkeys", async () => {
-      const b = await signedIn(await createTestUser(deps, { email: email() }));
+      const b = await signedIn(await world.newUser());
       expect((await send(b, "POST", "/api/v1/sessions/current/reauthenticate/passkey/options")).statusCode).toBe(409);
     });
   });
@@ -620,7 +628,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
     async function resetToken(user: TestUser): Promise<string> {
       const asked = await send(browser(), "POST", "/api/v1/accounts/password-reset", { email: user.email });
       expect(asked.statusCode).toBe(202);
-      const mail = (await deps.mailer.outbox({ limit: 10_000 })).filter(
+      const mail = (await world.deps.mailer.outbox({ limit: 10_000 })).filter(
         (entry) => entry.to === user.email && entry.template === "password-reset",
       );
       const token = TOKEN.exec(mail[0]?.rendered?.text ?? "")?.[1];
@@ -640,7 +648,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       });
     const passwordHash = async (userId: string) =>
       (
-        await t.db.withPlatform((tx) =>
+        await world.t.db.withPlatform((tx) =>
           tx.selectFrom("users").select("password_hash").where("id", "=", userId).executeTakeFirstOrThrow(),
         )
       ).password_hash;
@@ -665,7 +673,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
       expect(reset.at(-1)?.details).toMatchObject({ secondFactor: "passkey" });
       expect(Number((await passkeyRow(passkeyId)).sign_count)).toBe(1);
       // The new password opens a half-session: the passkey is still the second factor.
-      const session = await signIn(app, user.email, NEW_PASSWORD);
+      const session = await signIn(world.app, user.email, NEW_PASSWORD);
       expect((await sessionRow(session.sessionId)).state).toBe("pending-second-factor");
     });
 
@@ -713,7 +721,7 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
         token: "A".repeat(43),
       });
       expect(invalid.statusCode).toBe(400);
-      const plain = await createTestUser(deps, { email: email() });
+      const plain = await world.newUser();
       const none = await send(anyone, "POST", "/api/v1/accounts/password-reset/passkey-options", {
         token: await resetToken(plain),
       });

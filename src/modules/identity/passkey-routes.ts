@@ -6,6 +6,7 @@ import type { RateRule } from "../../platform/ratelimit/limiter.ts";
 import type { IdentityAccessControl } from "./access.ts";
 import { raiseAlert } from "./alerts.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { removeSecondFactor } from "./factor-removal.ts";
 import {
   creationOptions,
   passkeyName,
@@ -237,7 +238,7 @@ function ownPasskeyRoutes(deps: IdentityDeps): AnyRoute[] {
     tags: TAGS,
     permission: AUTHENTICATED,
     params: passkeyParams,
-    response: { 204: z.null(), 401: problemSchema, 403: problemSchema, 404: problemSchema },
+    response: { 204: z.null(), 401: problemSchema, 403: problemSchema, 404: problemSchema, 409: problemSchema },
     handler: async (request, reply) => {
       const principal = sessionOf(request.principal);
       const { passkeyId } = request.params;
@@ -245,7 +246,13 @@ function ownPasskeyRoutes(deps: IdentityDeps): AnyRoute[] {
         async (tx) => {
           await requireRecentAuthentication(deps, principal, tx);
           await assertNotLastWayIn(tx, principal.userId, passkeyId);
-          if (!(await removePasskey(tx, { userId: principal.userId, passkeyId }))) return false;
+          const removed = await removeSecondFactor(
+            tx,
+            principal.userId,
+            () => removePasskey(tx, { userId: principal.userId, passkeyId }),
+            (found) => found,
+          );
+          if (!removed) return false;
           await audit.record(tx, passkeyEvent(principal, "auth.passkey-removed", passkeyId, request.requestId));
           await raiseAlert(deps, tx, {
             kind: "factor-removed",

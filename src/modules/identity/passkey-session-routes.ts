@@ -1,7 +1,8 @@
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { z } from "zod";
-import { HttpProblem, problemSchema } from "../../platform/http/problem.ts";
-import { type AnyRoute, defineRoute, type Principal } from "../../platform/http/routes.ts";
+import type { Tx } from "../../platform/db/index.ts";
+import { HttpProblem, type ProblemSlug, problemSchema } from "../../platform/http/problem.ts";
+import { type AnyRoute, defineRoute, type Principal, type RouteRequest } from "../../platform/http/routes.ts";
 import type { RateKey, RateRule } from "../../platform/ratelimit/limiter.ts";
 import type { IdentityAccessControl } from "./access.ts";
 import { passwordResetAccount } from "./accounts.ts";
@@ -9,7 +10,7 @@ import { secondFactorAttempt, throttleSecondFactor } from "./code-factors.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
-import { setDeviceCookie } from "./devices.ts";
+import { presentedDeviceToken, setDeviceCookie } from "./devices.ts";
 import { assertionResponse, requestOptions, toAssertionJSON } from "./passkey-schemas.ts";
 import {
   type AssertionPurpose,
@@ -80,6 +81,12 @@ const passkeyFactor = (proven: ProvenPasskey): ProvenFactor => ({
   method: "passkey",
   userVerified: proven.userVerified,
 });
+
+/** The ceremonies that prove a passkey on the caller's own session: what each records, and how it refuses. */
+const SESSION_CEREMONIES = {
+  "second-factor": { action: "auth.second-factor", refusal: "second-factor-required" },
+  reauthenticate: { action: "auth.reauthenticated", refusal: "reauthentication-required" },
+} as const satisfies Record<string, { action: string; refusal: ProblemSlug }>;
 
 function sessionOf(principal: Principal | null): SessionPrincipal {
   if (!isSessionPrincipal(principal)) throw new TypeError("a session route ran without a session principal");
@@ -231,7 +238,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
               details: { method: "passkey", userVerified: proven.userVerified },
               requestId: request.requestId,
             });
-            const device = await rememberSignInDevice(deps, tx, raw, {
+            const device = await rememberSignInDevice(deps, tx, presentedDeviceToken(raw, publicUrl), {
               userId,
               method: "passkey",
               requestId: request.requestId,
@@ -253,6 +260,43 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
     const token = presentedToken(request);
     if (!principal || token === undefined) throw new HttpProblem("unauthenticated", "sign in with your password first");
     return { principal, token };
+  }
+
+  /**
+   * A passkey proven on the caller's own session, as the second factor of a half-session or a step-up: counted
+   * like a typed code, checked against the session's challenge, then in one transaction the passkey's use and
+   * the proven factor are recorded and `operate` acts on the session with that factor. Whatever `operate`
+   * throws (the session no longer allows it) rolls the passkey's counter back with the rest.
+   */
+  async function proveOnSession<T>(
+    request: Pick<RouteRequest<undefined, undefined, typeof assertionBody>, "raw" | "requestId" | "body">,
+    principal: SessionPrincipal,
+    now: Date,
+    purpose: keyof typeof SESSION_CEREMONIES,
+    operate: (tx: Tx, factor: ProvenFactor) => Promise<T>,
+  ): Promise<T> {
+    const { action, refusal } = SESSION_CEREMONIES[purpose];
+    const { requestId } = request;
+    await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
+    const refused = () => new HttpProblem(refusal, "the passkey was not accepted; try again");
+    return attempt({ purpose, requestId, principal }, refused, async () => {
+      const proven = await verifyAssertion(deps, {
+        purpose,
+        binding: { sessionId: principal.sessionId },
+        userId: principal.userId,
+        response: toAssertionJSON(request.body.response),
+        now,
+      });
+      return db.withPlatform(
+        async (tx) => {
+          await recordPasskeyUse(tx, proven, now);
+          const details = { method: "passkey", userVerified: proven.userVerified };
+          await audit.record(tx, factorProvenEvent(action, principal, details, requestId));
+          return operate(tx, passkeyFactor(proven));
+        },
+        { actorId: principal.userId, requestId },
+      );
+    });
   }
 
   const secondFactorOptionsRoute = defineRoute({
@@ -281,42 +325,17 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
     response: { 200: sessionCreated, 400: problemSchema, 401: problemSchema, 403: problemSchema, 429: problemSchema },
     handler: async (request, reply) => {
       const { principal, token } = await halfSession(request.raw, reply);
-      await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
-      const refused = () => new HttpProblem("second-factor-required", "the passkey was not accepted; try again");
-      const who = { purpose: "second-factor" as const, requestId: request.requestId, principal };
-      const completed = await attempt(who, refused, async () => {
-        const proven = await verifyAssertion(deps, {
-          purpose: "second-factor",
-          binding: { sessionId: principal.sessionId },
+      const completed = await proveOnSession(request, principal, now, "second-factor", async (tx, factor) => {
+        const done = await completeSecondFactor(tx, principal.sessionId, token, factor, now);
+        // Rolls the counter back: the half-session ended, or a concurrent completion won.
+        if (!done) throw new HttpProblem("unauthenticated", "this sign-in is no longer pending; sign in again");
+        const device = await rememberSignInDevice(deps, tx, presentedDeviceToken(request.raw, publicUrl), {
           userId: principal.userId,
-          response: toAssertionJSON(request.body.response),
-          now,
+          method: "passkey",
+          requestId: request.requestId,
         });
-        return db.withPlatform(
-          async (tx) => {
-            await recordPasskeyUse(tx, proven, now);
-            const done = await completeSecondFactor(tx, principal.sessionId, token, passkeyFactor(proven), now);
-            // Rolls the counter back: the half-session ended, or a concurrent completion won.
-            if (!done) throw new HttpProblem("unauthenticated", "this sign-in is no longer pending; sign in again");
-            await audit.record(
-              tx,
-              factorProvenEvent(
-                "auth.second-factor",
-                principal,
-                { method: "passkey", userVerified: proven.userVerified },
-                request.requestId,
-              ),
-            );
-            const device = await rememberSignInDevice(deps, tx, request.raw, {
-              userId: principal.userId,
-              method: "passkey",
-              requestId: request.requestId,
-            });
-            return { ...done, device };
-          },
-          { actorId: principal.userId, requestId: request.requestId },
-        );
+        return { ...done, device };
       });
       setSessionCookie(reply, publicUrl, completed.token, completed.expiresAt, now);
       setDeviceCookie(reply, publicUrl, completed.device.token);
@@ -353,36 +372,11 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
       const replaced = () =>
         new HttpProblem("reauthentication-required", "this session token was replaced; use the current one");
       if (principal.viaReplacedToken || token === undefined) throw replaced();
-      await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
       const now = clock.now();
-      const refused = () => new HttpProblem("reauthentication-required", "the passkey was not accepted; try again");
-      const who = { purpose: "reauthenticate" as const, requestId: request.requestId, principal };
-      const rotated = await attempt(who, refused, async () => {
-        const proven = await verifyAssertion(deps, {
-          purpose: "reauthenticate",
-          binding: { sessionId: principal.sessionId },
-          userId: principal.userId,
-          response: toAssertionJSON(request.body.response),
-          now,
-        });
-        return db.withPlatform(
-          async (tx) => {
-            await recordPasskeyUse(tx, proven, now);
-            const next = await reauthenticate(tx, principal.sessionId, token, passkeyFactor(proven), now);
-            if (!next) throw replaced();
-            await audit.record(
-              tx,
-              factorProvenEvent(
-                "auth.reauthenticated",
-                principal,
-                { method: "passkey", userVerified: proven.userVerified },
-                request.requestId,
-              ),
-            );
-            return next;
-          },
-          { actorId: principal.userId, requestId: request.requestId },
-        );
+      const rotated = await proveOnSession(request, principal, now, "reauthenticate", async (tx, factor) => {
+        const next = await reauthenticate(tx, principal.sessionId, token, factor, now);
+        if (!next) throw replaced();
+        return next;
       });
       setSessionCookie(reply, publicUrl, rotated.token, rotated.expiresAt, now);
       return { recentAuthenticationUntil: new Date(now.getTime() + RECENT_AUTHENTICATION_MS).toISOString() };

@@ -1,27 +1,16 @@
 import type { LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { oathtoolCode, secretOfUri } from "../../../test/support/oathtool.ts";
 import { manualClock } from "../../platform/clock.ts";
 import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import type { OutboundClient } from "../../platform/net/index.ts";
-import { createTestTenant } from "../../platform/tenancy/testing.ts";
 import { newApiKey } from "./api-keys.ts";
 import { sessionCookieName } from "./cookies.ts";
-import type { IdentityDeps } from "./deps.ts";
-import { addMembership } from "./memberships.ts";
 import { DEFAULT_POLICY, policyJson, type SecurityPolicy } from "./policy.ts";
-import type { MembershipRole } from "./roles.ts";
 import { createSession, type ProvenFactor, reauthenticate } from "./sessions.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  sessionHeaders,
-  signIn,
-  TEST_PUBLIC_URL,
-} from "./testing.ts";
+import { buildIdentityTestApp, sessionHeaders, signIn, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
 
 /**
  * Tenant security policies enforced on every request (promise A4): from the factors each session recorded,
@@ -29,35 +18,16 @@ import {
  */
 
 const COOKIE = sessionCookieName(TEST_PUBLIC_URL);
-let counter = 0;
-const unique = () => `${Date.now().toString(36)}-${++counter}`;
 
 describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
-
-  const tenant = async () => (await createTestTenant(t.db, { slug: `p-${unique()}`, name: "Acme" }, clock)).id;
-  const join = (tenantId: string, userId: string, role: MembershipRole) =>
-    t.db.withTenant({ tenantId }, (tx) => addMembership(tx, clock.now(), { tenantId, userId, role, invitedBy: null }));
-  const user = () => createTestUser(deps, { email: `p-${unique()}@example.com` });
+  const world = useIdentityTestApp(kind, clock);
 
   /** A session that proved `factors` in order, now; its cookie header. */
   async function sessionWith(userId: string, factors: ProvenFactor[]): Promise<Record<string, string>> {
     const [first, ...rest] = factors;
     if (!first) throw new Error("a session needs a factor");
-    const token = await t.db.withPlatform(async (tx) => {
+    const token = await world.t.db.withPlatform(async (tx) => {
       const created = await createSession(tx, { userId, factor: first, now: clock.now() });
       let current = created.token;
       for (const factor of rest) {
@@ -70,31 +40,12 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
     return sessionHeaders(`${COOKIE}=${token}`);
   }
 
-  const setPolicy = (tenantId: string, policy: Partial<SecurityPolicy>) =>
-    t.db.withTenant({ tenantId }, (tx) =>
-      tx
-        .insertInto("security_policies")
-        .values({
-          tenant_id: tenantId,
-          id: uuidv7(),
-          require_mfa: policy.requireMfa ?? false,
-          require_sso: policy.requireSso ?? false,
-          session_lifetime_minutes: policy.sessionLifetimeMinutes ?? null,
-          allowed_methods: [...(policy.allowedMethods ?? DEFAULT_POLICY.allowedMethods)],
-          allow_personal_keys: policy.allowPersonalKeys ?? true,
-          allow_service_keys: policy.allowServiceKeys ?? true,
-          break_glass_membership_id: policy.breakGlassMembershipId ?? null,
-          updated_at: clock.now(),
-        })
-        .execute(),
-    );
-
   const getTenant = (tenantId: string, headers: Record<string, string>) =>
-    app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}`, headers });
+    world.app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}`, headers });
   const getPolicy = (tenantId: string, headers: Record<string, string>) =>
-    app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}/security/policy`, headers });
+    world.app.app.inject({ method: "GET", url: `/api/v1/tenants/${tenantId}/security/policy`, headers });
   const putPolicy = (tenantId: string, headers: Record<string, string>, policy: Partial<SecurityPolicy>) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "PUT",
       url: `/api/v1/tenants/${tenantId}/security/policy`,
       headers,
@@ -107,7 +58,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   }
 
   const tenantEvents = (tenantId: string) =>
-    t.db.withTenant({ tenantId }, (tx) =>
+    world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .selectFrom("audit_events")
         .select(["action", "stream", "actor_id", "details"])
@@ -124,17 +75,17 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("confines a member without MFA in a tenant that requires it, while their other tenants keep working", async () => {
-    const [strict, lax] = [await tenant(), await tenant()];
-    const member = await user();
-    await join(strict, member.id, "member");
-    await join(lax, member.id, "member");
-    await setPolicy(strict, { requireMfa: true });
+    const [strict, lax] = [await world.newTenant(), await world.newTenant()];
+    const member = await world.newUser();
+    await world.addMember(strict, member.id, "member");
+    await world.addMember(lax, member.id, "member");
+    await world.setPolicy(strict, { requireMfa: true });
 
     const passwordOnly = await sessionWith(member.id, [{ method: "password" }]);
     expectProblem(await getTenant(strict, passwordOnly), 403, "mfa-required");
     expectProblem(await getTenant(lax, passwordOnly), 200);
     // Enrolment is an account route, open to the same session.
-    expectProblem(await app.app.inject({ method: "GET", url: "/api/v1/me", headers: passwordOnly }), 200);
+    expectProblem(await world.app.app.inject({ method: "GET", url: "/api/v1/me", headers: passwordOnly }), 200);
 
     expectProblem(
       await getTenant(strict, await sessionWith(member.id, [{ method: "password" }, { method: "totp" }])),
@@ -152,14 +103,14 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("end to end: a member signed in with a password is confined until they enrol an app, then the tenant opens", async () => {
-    const tenantId = await tenant();
-    const member = await user();
-    await join(tenantId, member.id, "member");
-    await setPolicy(tenantId, { requireMfa: true });
-    const signedIn = await signIn(app, member.email, member.password);
+    const tenantId = await world.newTenant();
+    const member = await world.newUser();
+    await world.addMember(tenantId, member.id, "member");
+    await world.setPolicy(tenantId, { requireMfa: true });
+    const signedIn = await signIn(world.app, member.email, member.password);
     let headers = sessionHeaders(signedIn.cookie);
     const send = async (method: "GET" | "POST", url: string, payload?: object) => {
-      const response = await app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
+      const response = await world.app.app.inject({ method, url, headers, ...(payload ? { payload } : {}) });
       const rotated = response.cookies.find((cookie) => cookie.name === COOKIE);
       if (rotated) headers = sessionHeaders(`${COOKIE}=${rotated.value}`);
       return response;
@@ -176,7 +127,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
 
     // A later password sign-in is a half-session until the app's code completes it, and then it opens too.
     clock.advance(60_000);
-    const again = await signIn(app, member.email, member.password);
+    const again = await signIn(world.app, member.email, member.password);
     headers = sessionHeaders(again.cookie);
     expectProblem(await send("GET", `/api/v1/tenants/${tenantId}`), 401);
     const next = await oathtoolCode(secretOfUri(started.json().uri), clock.now());
@@ -185,11 +136,11 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("refuses a password session in a tenant that requires SSO, and an SSO factor opens only its own tenant", async () => {
-    const [ssoTenant, other] = [await tenant(), await tenant()];
-    const member = await user();
-    await join(ssoTenant, member.id, "member");
-    await join(other, member.id, "member");
-    await setPolicy(ssoTenant, { requireSso: true });
+    const [ssoTenant, other] = [await world.newTenant(), await world.newTenant()];
+    const member = await world.newUser();
+    await world.addMember(ssoTenant, member.id, "member");
+    await world.addMember(other, member.id, "member");
+    await world.setPolicy(ssoTenant, { requireSso: true });
 
     const strong = await sessionWith(member.id, [{ method: "password" }, { method: "totp" }]);
     expectProblem(await getTenant(ssoTenant, strong), 403, "sso-required");
@@ -199,14 +150,14 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
     expectProblem(await getTenant(ssoTenant, viaSso), 200);
     // Tenant A's SSO session opens neither tenant B nor account-wide settings.
     expectProblem(await getTenant(other, viaSso), 403, "sign-in-method-not-allowed");
-    expectProblem(await app.app.inject({ method: "GET", url: "/api/v1/me", headers: viaSso }), 401);
+    expectProblem(await world.app.app.inject({ method: "GET", url: "/api/v1/me", headers: viaSso }), 401);
     expectProblem(
-      await app.app.inject({ method: "POST", url: "/api/v1/me/password", headers: viaSso, payload: {} }),
+      await world.app.app.inject({ method: "POST", url: "/api/v1/me/password", headers: viaSso, payload: {} }),
       401,
     );
     // It still sees and ends itself, and lists its tenants.
-    expectProblem(await app.app.inject({ method: "GET", url: "/api/v1/sessions/current", headers: viaSso }), 200);
-    expectProblem(await app.app.inject({ method: "GET", url: "/api/v1/me/tenants", headers: viaSso }), 200);
+    expectProblem(await world.app.app.inject({ method: "GET", url: "/api/v1/sessions/current", headers: viaSso }), 200);
+    expectProblem(await world.app.app.inject({ method: "GET", url: "/api/v1/me/tenants", headers: viaSso }), 200);
 
     // Another tenant's SSO factor is no SSO factor here.
     const otherSso = await sessionWith(member.id, [{ method: "password" }, ssoOf(other, true)]);
@@ -214,10 +165,10 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("accepts only the allowed sign-in methods and ends the tenant's sessions after its lifetime", async () => {
-    const tenantId = await tenant();
-    const member = await user();
-    await join(tenantId, member.id, "viewer");
-    await setPolicy(tenantId, { allowedMethods: ["passkey"], sessionLifetimeMinutes: 60 });
+    const tenantId = await world.newTenant();
+    const member = await world.newUser();
+    await world.addMember(tenantId, member.id, "viewer");
+    await world.setPolicy(tenantId, { allowedMethods: ["passkey"], sessionLifetimeMinutes: 60 });
 
     expectProblem(
       await getTenant(tenantId, await sessionWith(member.id, [{ method: "password" }])),
@@ -229,17 +180,20 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
     clock.advance(61 * 60_000);
     expectProblem(await getTenant(tenantId, passkey), 403, "tenant-session-expired");
     // The session itself lives on (the platform's lifetimes are longer): only this tenant asks for a new sign-in.
-    expectProblem(await app.app.inject({ method: "GET", url: "/api/v1/sessions/current", headers: passkey }), 200);
+    expectProblem(
+      await world.app.app.inject({ method: "GET", url: "/api/v1/sessions/current", headers: passkey }),
+      200,
+    );
   });
 
   it("lets the policy decide whether personal and service API keys work", async () => {
-    const tenantId = await tenant();
-    const admin = await user();
-    const membershipId = await join(tenantId, admin.id, "admin");
+    const tenantId = await world.newTenant();
+    const admin = await world.newUser();
+    const membershipId = await world.addMember(tenantId, admin.id, "admin");
     const key = async (kind: "personal" | "service") => {
       const id = uuidv7();
       const { key, secretHash } = newApiKey(id);
-      await t.db.withTenant({ tenantId }, (tx) =>
+      await world.t.db.withTenant({ tenantId }, (tx) =>
         tx
           .insertInto("api_keys")
           .values({
@@ -260,10 +214,10 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
     };
     const [personal, service] = [await key("personal"), await key("service")];
     expectProblem(await getTenant(tenantId, service), 200);
-    await setPolicy(tenantId, { allowServiceKeys: false });
+    await world.setPolicy(tenantId, { allowServiceKeys: false });
     expectProblem(await getTenant(tenantId, service), 403, "forbidden");
     expectProblem(await getTenant(tenantId, personal), 200);
-    await t.db.withTenant({ tenantId }, (tx) =>
+    await world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .updateTable("security_policies")
         .set({ allow_personal_keys: false })
@@ -274,9 +228,9 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("changes the policy only after recent authentication, never locking out the one who changes it, audited", async () => {
-    const tenantId = await tenant();
-    const admin = await user();
-    await join(tenantId, admin.id, "admin");
+    const tenantId = await world.newTenant();
+    const admin = await world.newUser();
+    await world.addMember(tenantId, admin.id, "admin");
     const passwordOnly = await sessionWith(admin.id, [{ method: "password" }]);
 
     expect((await getPolicy(tenantId, passwordOnly)).json()).toEqual(policyJson(DEFAULT_POLICY));
@@ -305,10 +259,10 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("lets only owners name the break-glass owner, and only an owner", async () => {
-    const tenantId = await tenant();
-    const [owner, admin] = [await user(), await user()];
-    const ownerMembership = await join(tenantId, owner.id, "owner");
-    const adminMembership = await join(tenantId, admin.id, "admin");
+    const tenantId = await world.newTenant();
+    const [owner, admin] = [await world.newUser(), await world.newUser()];
+    const ownerMembership = await world.addMember(tenantId, owner.id, "owner");
+    const adminMembership = await world.addMember(tenantId, admin.id, "admin");
     const adminSession = await sessionWith(admin.id, [{ method: "password" }]);
     const ownerSession = await sessionWith(owner.id, [{ method: "password" }]);
 
@@ -333,15 +287,15 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
   });
 
   it("lets an open break-glass reach the security settings only, for its session, until it expires, audited", async () => {
-    const tenantId = await tenant();
-    const owner = await user();
-    const membershipId = await join(tenantId, owner.id, "owner");
-    await setPolicy(tenantId, { requireSso: true, breakGlassMembershipId: membershipId });
+    const tenantId = await world.newTenant();
+    const owner = await world.newUser();
+    const membershipId = await world.addMember(tenantId, owner.id, "owner");
+    await world.setPolicy(tenantId, { requireSso: true, breakGlassMembershipId: membershipId });
     const passkey = await sessionWith(owner.id, [{ method: "passkey", userVerified: true }]);
     const sameOwnerElsewhere = await sessionWith(owner.id, [{ method: "passkey", userVerified: true }]);
     expectProblem(await getPolicy(tenantId, passkey), 403, "sso-required");
 
-    const [session] = await t.db.withPlatform((tx) =>
+    const [session] = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("sessions")
         .select("id")
@@ -350,7 +304,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
         .orderBy("id")
         .execute(),
     );
-    await t.db.withTenant({ tenantId }, (tx) =>
+    await world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .insertInto("break_glass_openings")
         .values({
@@ -388,7 +342,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
           return { status: 200, headers: {}, body: Buffer.from("{}"), url: String(input.url) };
         },
       };
-      glassApp = await buildIdentityTestApp({ ...deps, outbound });
+      glassApp = await buildIdentityTestApp({ ...world.deps, outbound });
     });
     afterAll(async () => {
       await glassApp?.close();
@@ -398,17 +352,17 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
       glassApp.app.inject({ method: "POST", url: `/api/v1/tenants/${tenantId}/security/break-glass`, headers });
 
     async function ssoOnlyTenant() {
-      const tenantId = await tenant();
-      const [designee, otherOwner, admin] = [await user(), await user(), await user()];
-      const designeeMembership = await join(tenantId, designee.id, "owner");
-      await join(tenantId, otherOwner.id, "owner");
-      await join(tenantId, admin.id, "admin");
-      await setPolicy(tenantId, {
+      const tenantId = await world.newTenant();
+      const [designee, otherOwner, admin] = [await world.newUser(), await world.newUser(), await world.newUser()];
+      const designeeMembership = await world.addMember(tenantId, designee.id, "owner");
+      await world.addMember(tenantId, otherOwner.id, "owner");
+      await world.addMember(tenantId, admin.id, "admin");
+      await world.setPolicy(tenantId, {
         requireSso: true,
         allowedMethods: ["sso"],
         breakGlassMembershipId: designeeMembership,
       });
-      await t.db.withTenant({ tenantId }, (tx) =>
+      await world.t.db.withTenant({ tenantId }, (tx) =>
         tx
           .insertInto("sso_configurations")
           .values({
@@ -463,7 +417,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
       clock.advance(11 * 60_000);
       expectProblem(await openGlass(tenantId, stale), 403, "reauthentication-required");
       expect(
-        await t.db.withTenant({ tenantId }, (tx) => tx.selectFrom("break_glass_openings").select("id").execute()),
+        await world.t.db.withTenant({ tenantId }, (tx) => tx.selectFrom("break_glass_openings").select("id").execute()),
       ).toEqual([]);
 
       const fresh = await sessionWith(designee.id, [{ method: "passkey", userVerified: true }]);
@@ -491,7 +445,7 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
           "tenant.security-policy-updated",
         ]),
       );
-      const alerts = await t.db.withTenant({ tenantId }, (tx) =>
+      const alerts = await world.t.db.withTenant({ tenantId }, (tx) =>
         tx.selectFrom("tenant_alerts").select(["kind", "membership_id"]).where("tenant_id", "=", tenantId).execute(),
       );
       expect(alerts).toEqual([{ kind: "break-glass-used", membership_id: designeeMembership }]);
@@ -505,10 +459,10 @@ describe.each(DATABASE_KINDS)("tenant security policies on %s", (kind) => {
       clock.advance(60 * 60_000);
       expectProblem(await getPolicy(tenantId, fresh), 403, "sso-required");
 
-      const lax = await tenant();
-      const owner = await user();
-      const membershipId = await join(lax, owner.id, "owner");
-      await setPolicy(lax, { breakGlassMembershipId: membershipId });
+      const lax = await world.newTenant();
+      const owner = await world.newUser();
+      const membershipId = await world.addMember(lax, owner.id, "owner");
+      await world.setPolicy(lax, { breakGlassMembershipId: membershipId });
       expectProblem(
         await openGlass(lax, await sessionWith(owner.id, [{ method: "passkey", userVerified: true }])),
         409,

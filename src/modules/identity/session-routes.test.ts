@@ -1,9 +1,7 @@
 import type { LightMyRequestResponse } from "fastify";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
-import type { IdentityDeps } from "./deps.ts";
 import type { PasswordHasher } from "./passwords.ts";
 import { SIGN_IN_PER_ACCOUNT, SIGN_IN_PER_ADDRESS } from "./session-routes.ts";
 import {
@@ -13,14 +11,7 @@ import {
   SESSION_ABSOLUTE_TIMEOUT_MS,
   SESSION_IDLE_TIMEOUT_MS,
 } from "./sessions.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  sessionHeaders,
-  signIn,
-} from "./testing.ts";
+import { randomAddress, sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 import { hashToken } from "./tokens.ts";
 
 const COOKIE = "__Host-charter_session";
@@ -50,36 +41,27 @@ const cookieOf = (response: LightMyRequestResponse) => {
 };
 
 describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   let hasher: ReturnType<typeof counting>;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    const base = createIdentityTestDeps(t.db, clock);
-    hasher = counting(base.passwords);
-    deps = { ...base, passwords: hasher.wrapped };
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
+  const world = useIdentityTestApp(kind, clock, {
+    deps: (base) => {
+      hasher = counting(base.passwords);
+      return { ...base, passwords: hasher.wrapped };
+    },
   });
   // Each test starts in a fresh rate-limit window and well apart from the previous test's sessions.
   beforeEach(() => clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000 + 1000));
 
   const me = (cookie: string, extra: Record<string, string> = {}) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "GET",
       url: "/api/v1/sessions/current",
       headers: { ...sessionHeaders(cookie), ...extra },
     });
   const post = (url: string, cookie: string, payload?: object) =>
-    app.app.inject({ method: "POST", url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
+    world.app.app.inject({ method: "POST", url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
   const attempt = (payload: { email: string; password: string }, remoteAddress = randomAddress()) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       remoteAddress,
@@ -87,15 +69,17 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
       payload,
     });
   const events = (action: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx.selectFrom("platform_audit_events").selectAll().where("action", "=", action).orderBy("at").execute(),
     );
   const sessionRow = (id: string) =>
-    t.db.withPlatform((tx) => tx.selectFrom("sessions").selectAll().where("id", "=", id).executeTakeFirstOrThrow());
+    world.t.db.withPlatform((tx) =>
+      tx.selectFrom("sessions").selectAll().where("id", "=", id).executeTakeFirstOrThrow(),
+    );
 
   it("signs in with a new session whose token is stored only hashed, in a __Host- cookie", async () => {
-    const user = await createTestUser(deps, { email: email(), displayName: "Ada" });
-    const response = await app.app.inject({
+    const user = await world.newUser({ displayName: "Ada" });
+    const response = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       headers: {
@@ -117,7 +101,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     const row = await sessionRow(session.id);
     expect(row).toMatchObject({ user_id: user.id, state: "active", device: "Firefox on Linux", revoked_at: null });
     expect(row.factors).toEqual([{ method: "password", at: clock.now().toISOString() }]);
-    const tokens = await t.db.withPlatform((tx) =>
+    const tokens = await world.t.db.withPlatform((tx) =>
       tx.selectFrom("session_tokens").selectAll().where("session_id", "=", session.id).execute(),
     );
     expect(tokens).toHaveLength(1);
@@ -141,7 +125,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("answers a wrong password and an unknown address alike, with Argon2id run in both cases", async () => {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const before = { ...hasher.calls };
     const wrong = await attempt({ email: user.email, password: "not the password at all" });
     const afterWrong = { ...hasher.calls };
@@ -158,7 +142,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     expect(afterUnknown.verify).toBe(afterWrong.verify);
 
     // An account without a password costs the same dummy verification.
-    const passwordless = await createTestUser(deps, { email: email(), password: null });
+    const passwordless = await world.newUser({ password: null });
     const none = await attempt({ email: passwordless.email, password: "anything at all here" });
     expect(none.statusCode).toBe(401);
     expect(hasher.calls.verifyNothing - afterUnknown.verifyNothing).toBe(1);
@@ -171,7 +155,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     expect(forUser[0]?.chain_id).toMatch(/^platform\/security\//);
     const forUnknown = failed.filter((e) => e.target_id === null && e.request_id === unknown.headers["x-request-id"]);
     expect(forUnknown).toHaveLength(1);
-    const tenantEvents = await t.db.withPlatform((tx) =>
+    const tenantEvents = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .select("id")
@@ -182,7 +166,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     expect(tenantEvents).toEqual([]);
     // Nothing personal in the audit log: neither the password nor the address.
     const all = JSON.stringify(
-      await t.db.withPlatform((tx) => tx.selectFrom("platform_audit_events").selectAll().execute()),
+      await world.t.db.withPlatform((tx) => tx.selectFrom("platform_audit_events").selectAll().execute()),
     );
     expect(all).not.toContain("not the password at all");
     expect(all).not.toContain(user.password);
@@ -191,7 +175,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("throttles sign-in per account, existing or not, and per source address", async () => {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const unknownEmail = email();
     for (const address of [user.email, unknownEmail]) {
       for (let i = 0; i < SIGN_IN_PER_ACCOUNT.limit; i++) {
@@ -213,9 +197,9 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("starts a new session on every sign-in and ends the one the browser held", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const first = await signIn(app, user.email, user.password);
-    const again = await app.app.inject({
+    const user = await world.newUser();
+    const first = await signIn(world.app, user.email, user.password);
+    const again = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       headers: sessionHeaders(first.cookie),
@@ -231,9 +215,9 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("signs out: the session ends and the cookie is cleared", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const session = await signIn(app, user.email, user.password);
-    const out = await app.app.inject({
+    const user = await world.newUser();
+    const session = await signIn(world.app, user.email, user.password);
+    const out = await world.app.app.inject({
       method: "DELETE",
       url: "/api/v1/sessions/current",
       headers: sessionHeaders(session.cookie),
@@ -245,15 +229,19 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("lists, revokes one (only one's own) and revokes all", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const other = await createTestUser(deps, { email: email() });
-    const a = await signIn(app, user.email, user.password, { userAgent: "Mozilla/5.0 (Macintosh) Safari/605.1" });
+    const user = await world.newUser();
+    const other = await world.newUser();
+    const a = await signIn(world.app, user.email, user.password, { userAgent: "Mozilla/5.0 (Macintosh) Safari/605.1" });
     clock.advance(1000);
-    const b = await signIn(app, user.email, user.password);
-    const c = await signIn(app, user.email, user.password);
-    const theirs = await signIn(app, other.email, other.password);
+    const b = await signIn(world.app, user.email, user.password);
+    const c = await signIn(world.app, user.email, user.password);
+    const theirs = await signIn(world.app, other.email, other.password);
 
-    const list = await app.app.inject({ method: "GET", url: "/api/v1/sessions", headers: sessionHeaders(b.cookie) });
+    const list = await world.app.app.inject({
+      method: "GET",
+      url: "/api/v1/sessions",
+      headers: sessionHeaders(b.cookie),
+    });
     expect(list.statusCode).toBe(200);
     const items = list.json().items as { id: string; current: boolean; device: string | null }[];
     expect(items.map((s) => s.id).sort()).toEqual([a.sessionId, b.sessionId, c.sessionId].sort());
@@ -261,7 +249,7 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     expect(items.find((s) => s.id === a.sessionId)?.device).toBe("Safari on macOS");
 
     const del = (id: string, cookie: string) =>
-      app.app.inject({ method: "DELETE", url: `/api/v1/sessions/${id}`, headers: sessionHeaders(cookie) });
+      world.app.app.inject({ method: "DELETE", url: `/api/v1/sessions/${id}`, headers: sessionHeaders(cookie) });
     expect((await del(theirs.sessionId, b.cookie)).statusCode).toBe(404);
     expect((await me(theirs.cookie)).statusCode).toBe(200);
     expect((await del(a.sessionId, b.cookie)).statusCode).toBe(204);
@@ -281,10 +269,10 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("rotates the token once the privilege epoch moves; the old one has 10 s grace, then its use ends the session", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const session = await signIn(app, user.email, user.password);
+    const user = await world.newUser();
+    const session = await signIn(world.app, user.email, user.password);
     expect((await me(session.cookie)).headers["set-cookie"]).toBeUndefined();
-    await t.db.withPlatform((tx) => bumpPrivilegeEpoch(tx, user.id));
+    await world.t.db.withPlatform((tx) => bumpPrivilegeEpoch(tx, user.id));
 
     const rotatedResponse = await me(session.cookie);
     expect(rotatedResponse.statusCode).toBe(200);
@@ -314,8 +302,8 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("steps up with the password: a new token, a fresh factor; the old token is never recent authentication", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const session = await signIn(app, user.email, user.password);
+    const user = await world.newUser();
+    const session = await signIn(world.app, user.email, user.password);
     clock.advance(11 * 60_000);
     expect((await me(session.cookie)).json().session.recentAuthenticationUntil).toBeNull();
 
@@ -344,9 +332,9 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("ends idle sessions after 8 hours and every session after 7 days; notes use at most once a minute", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const idle = await signIn(app, user.email, user.password);
-    const active = await signIn(app, user.email, user.password);
+    const user = await world.newUser();
+    const idle = await signIn(world.app, user.email, user.password);
+    const active = await signIn(world.app, user.email, user.password);
     const signedInAt = clock.now().getTime();
 
     clock.advance(30_000);
@@ -373,8 +361,8 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
   });
 
   it("gives a half-session awaiting its second factor no principal on any current route", async () => {
-    const user = await createTestUser(deps, { email: email() });
-    const half = await t.db.withPlatform((tx) =>
+    const user = await world.newUser();
+    const half = await world.t.db.withPlatform((tx) =>
       createSession(tx, {
         userId: user.id,
         factor: { method: "password" },
@@ -386,7 +374,8 @@ describe.each(DATABASE_KINDS)("sessions on %s", (kind) => {
     const cookie = `${COOKIE}=${half.token}`;
     expect((await me(cookie)).statusCode).toBe(401);
     expect(
-      (await app.app.inject({ method: "GET", url: "/api/v1/sessions", headers: sessionHeaders(cookie) })).statusCode,
+      (await world.app.app.inject({ method: "GET", url: "/api/v1/sessions", headers: sessionHeaders(cookie) }))
+        .statusCode,
     ).toBe(401);
     expect((await post("/api/v1/sessions/revoke-all", cookie)).statusCode).toBe(401);
   });

@@ -7,7 +7,7 @@ import type { RateKey, RateRule } from "../../platform/ratelimit/limiter.ts";
 import { clearSessionCookie, readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import { assertSameOrigin } from "./csrf.ts";
 import type { IdentityDeps } from "./deps.ts";
-import { presentedKnownDevice, setDeviceCookie } from "./devices.ts";
+import { presentedDeviceToken, presentedKnownDevice, setDeviceCookie } from "./devices.ts";
 import { MAX_PASSWORD_LENGTH } from "./passwords.ts";
 import { hasSecondFactor } from "./second-factors.ts";
 import { endReplacedSession, factorProvenEvent } from "./session-events.ts";
@@ -231,7 +231,7 @@ export function sessionRoutes(deps: IdentityDeps): AnyRoute[] {
           // The browser becomes a known device once the sign-in is complete, not on a half-session.
           const remembered =
             created.state === "active"
-              ? await rememberSignInDevice(deps, tx, raw, {
+              ? await rememberSignInDevice(deps, tx, presentedDeviceToken(raw, publicUrl), {
                   userId: signedIn,
                   method: "password",
                   requestId: request.requestId,

@@ -1,43 +1,23 @@
 import { randomBytes } from "node:crypto";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
-import { uuidv7 } from "../../platform/ids.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { SIGN_IN_PER_ACCOUNT } from "./session-routes.ts";
 import { BURST_FAILURES, BURST_WINDOW_MS, FAILURES_BEFORE_SUCCESS } from "./sign-in-alerts.ts";
 import { createTenantWithOwner } from "./tenants.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  type TestUser,
-} from "./testing.ts";
+import { randomAddress, type TestUser, useIdentityTestApp } from "./testing.ts";
 
 const WRONG = "not the password at all";
 
 describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
   const email = () => `s-${randomBytes(5).toString("hex")}@example.com`;
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   beforeEach(() => clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000 + 1000));
 
   const attempt = (user: Pick<TestUser, "email">, password: string) =>
-    app.app.inject({
+    world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       remoteAddress: randomAddress(),
@@ -48,12 +28,12 @@ describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
     for (let i = 0; i < times; i++) expect((await attempt(user, WRONG)).statusCode).toBe(401);
   };
   const alerts = (userId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx.selectFrom("user_alerts").select(["kind", "details"]).where("user_id", "=", userId).orderBy("id").execute(),
     );
   /** A user who signed in once already, so that later sign-ins from new browsers raise only their own alerts. */
   async function seasoned(): Promise<TestUser> {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     expect((await attempt(user, user.password)).statusCode).toBe(200);
     clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000);
     return user;
@@ -61,7 +41,7 @@ describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
 
   it("raises one burst alert per window of failed sign-ins, shown to the user and their tenants' admins", async () => {
     const user = await seasoned();
-    const tenant = await createTenantWithOwner(deps, {
+    const tenant = await createTenantWithOwner(world.deps, {
       userId: user.id,
       tenant: { slug: `b-${randomBytes(4).toString("hex")}`, name: "Burst" },
       requestId: "setup",
@@ -75,11 +55,11 @@ describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
     // (One more only: past ten failures the account's backoff would hold the next ones back.)
     await fail(user, 1);
     expect(await alerts(user.id)).toHaveLength(1);
-    const copies = await t.db.withTenant({ tenantId: tenant.id }, (tx) =>
+    const copies = await world.t.db.withTenant({ tenantId: tenant.id }, (tx) =>
       tx.selectFrom("tenant_alerts").select(["kind", "membership_id"]).where("tenant_id", "=", tenant.id).execute(),
     );
     expect(copies).toEqual([{ kind: "failed-sign-in-burst", membership_id: tenant.membershipId }]);
-    const mail = (await deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === user.email);
+    const mail = (await world.deps.mailer.outbox({ limit: 1000 })).filter((m) => m.to === user.email);
     expect(mail.map((m) => m.template)).toEqual(["security-alert"]);
     expect(mail[0]?.rendered?.text).toContain("Several attempts to sign in to your account failed");
 
@@ -123,22 +103,7 @@ describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
 
   it("raises the success alert on a right password that still awaits its second factor", async () => {
     const user = await seasoned();
-    await t.db.withPlatform((tx) =>
-      tx
-        .insertInto("passkeys")
-        .values({
-          id: uuidv7(),
-          user_id: user.id,
-          credential_id: randomBytes(32),
-          public_key: randomBytes(77),
-          sign_count: 0,
-          device_type: "singleDevice",
-          backed_up: false,
-          name: "Key",
-          created_at: clock.now(),
-        })
-        .execute(),
-    );
+    await world.addPasskey(user.id);
     await fail(user, FAILURES_BEFORE_SUCCESS);
     const response = await attempt(user, user.password);
     expect(response.json().session.state).toBe("pending-second-factor");
@@ -146,10 +111,10 @@ describe.each(DATABASE_KINDS)("sign-in alerts on %s", (kind) => {
   });
 
   it("counts nothing for an address without an account", async () => {
-    const before = await t.db.withPlatform((tx) => tx.selectFrom("sign_in_failures").select("user_id").execute());
+    const before = await world.t.db.withPlatform((tx) => tx.selectFrom("sign_in_failures").select("user_id").execute());
     const nobody = { email: email() };
     for (let i = 0; i < BURST_FAILURES; i++) expect((await attempt(nobody, WRONG)).statusCode).toBe(401);
-    const after = await t.db.withPlatform((tx) => tx.selectFrom("sign_in_failures").select("user_id").execute());
+    const after = await world.t.db.withPlatform((tx) => tx.selectFrom("sign_in_failures").select("user_id").execute());
     expect(after).toHaveLength(before.length);
   });
 });

@@ -1,8 +1,7 @@
-import type { FastifyRequest } from "fastify";
 import { sql } from "kysely";
 import type { Tx } from "../../platform/db/index.ts";
 import { type AlertDeps, raiseAlert } from "./alerts.ts";
-import { presentedDeviceToken, type RememberedDevice, rememberDevice } from "./devices.ts";
+import { type RememberedDevice, rememberDevice } from "./devices.ts";
 import type { FactorMethod } from "./schema.ts";
 
 /**
@@ -88,15 +87,15 @@ export async function countSuccessfulSignIn(deps: AlertDeps, tx: Tx, userId: str
  * What every complete sign-in does besides opening its session (password, passkey, second factor, SSO), in its
  * transaction: the browser becomes a known device of the account, and a browser the account had not used
  * before raises the new-device alert, except on the account's very first sign-in. Set the returned token as
- * the device cookie (devices.ts setDeviceCookie) once the transaction committed. `method`: how the user signed in.
+ * the device cookie (devices.ts setDeviceCookie) once the transaction committed. `presented`: the device token
+ * the browser sent (devices.ts presentedDeviceToken); `method`: how the user signed in.
  */
 export async function rememberSignInDevice(
   deps: AlertDeps,
   tx: Tx,
-  request: FastifyRequest,
+  presented: string | undefined,
   signIn: { userId: string; method: FactorMethod; requestId: string },
 ): Promise<RememberedDevice> {
-  const presented = presentedDeviceToken(request, deps.config.publicUrl);
   const device = await rememberDevice(tx, signIn.userId, presented, deps.clock.now());
   if (device.isNew && !device.firstForAccount) {
     await raiseAlert(deps, tx, {

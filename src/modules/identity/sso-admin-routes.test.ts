@@ -1,27 +1,16 @@
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { uuidv7 } from "../../platform/ids.ts";
-import type { DnsResolver, IdentityDeps } from "./deps.ts";
+import type { DnsResolver } from "./deps.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
 import { openSsoClient } from "./sso-configurations.ts";
 import { createTenantWithOwner, joinTenant, type TenantWithOwner } from "./sso-testing.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestDns,
-  createTestUser,
-  sessionHeaders,
-  signIn,
-} from "./testing.ts";
+import { createTestDns, createTestUser, sessionHeaders, signIn, useIdentityTestApp } from "./testing.ts";
 
 const SECRET = "s3cr3t-client-secret-that-must-never-come-back";
 
 describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   let a: TenantWithOwner;
   let b: TenantWithOwner;
   let owner: string;
@@ -35,25 +24,19 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     },
   };
 
+  const world = useIdentityTestApp(kind, clock, { deps: (base) => ({ ...base, dns }) });
   beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = { ...createIdentityTestDeps(t.db, clock), dns };
-    app = await buildIdentityTestApp(deps);
-    a = await createTenantWithOwner(deps, "A");
-    b = await createTenantWithOwner(deps, "B");
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
+    a = await createTenantWithOwner(world.deps, "A");
+    b = await createTenantWithOwner(world.deps, "B");
   });
   beforeEach(async () => {
     clock.advance(60 * 60_000);
     dnsFailure = undefined;
-    owner = (await signIn(app, a.owner.email, a.owner.password)).cookie;
+    owner = (await signIn(world.app, a.owner.email, a.owner.password)).cookie;
   });
 
   const send = (method: "GET" | "POST" | "PATCH" | "DELETE", url: string, payload?: object, cookie = owner) =>
-    app.app.inject({ method, url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
+    world.app.app.inject({ method, url, headers: sessionHeaders(cookie), ...(payload ? { payload } : {}) });
   const configurations = (tenantId: string) => `/api/v1/tenants/${tenantId}/sso/configurations`;
   const domains = (tenantId: string) => `/api/v1/tenants/${tenantId}/sso/domains`;
 
@@ -65,7 +48,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
   };
 
   const eventsOf = (tenantId: string, prefix: string) =>
-    t.db.withTenant({ tenantId }, (tx) =>
+    world.t.db.withTenant({ tenantId }, (tx) =>
       tx
         .selectFrom("audit_events")
         .select(["action", "stream", "target_id", "details", "personal"])
@@ -76,7 +59,8 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     );
 
   const countConfigurations = async (tenantId: string) =>
-    (await t.db.withTenant({ tenantId }, (tx) => tx.selectFrom("sso_configurations").select("id").execute())).length;
+    (await world.t.db.withTenant({ tenantId }, (tx) => tx.selectFrom("sso_configurations").select("id").execute()))
+      .length;
 
   it("keeps the client secret sealed under the tenant key and never answers it", async () => {
     const created = await send("POST", configurations(a.tenant.id), { ...valid, mfaAmrValues: ["mfa"] });
@@ -100,14 +84,14 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     for (const response of [created, listed, one]) expect(response.body).not.toContain(SECRET);
     expect(listed.json().items.map((item: { id: string }) => item.id)).toContain(body.id);
 
-    const { row, opened } = await t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => ({
+    const { row, opened } = await world.t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => ({
       row: await tx
         .selectFrom("sso_configurations")
         .select("client_secret")
         .where("tenant_id", "=", a.tenant.id)
         .where("id", "=", body.id)
         .executeTakeFirstOrThrow(),
-      opened: await openSsoClient(tx, deps, a.tenant.id, body.id),
+      opened: await openSsoClient(tx, world.deps, a.tenant.id, body.id),
     }));
     expect(row.client_secret).not.toContain(SECRET);
     expect(opened?.clientSecret).toBe(SECRET);
@@ -152,7 +136,9 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     expect(updated.statusCode, updated.body).toBe(200);
     expect(updated.json()).toMatchObject({ enabled: false, nameClaim: "preferred_username", clientSecretSet: true });
     expect(updated.body).not.toContain("a brand new secret");
-    const opened = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) => openSsoClient(tx, deps, a.tenant.id, id));
+    const opened = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+      openSsoClient(tx, world.deps, a.tenant.id, id),
+    );
     expect(opened?.clientSecret).toBe("a brand new secret");
     const event = (await eventsOf(a.tenant.id, "sso.configuration-updated")).at(-1);
     expect(event?.details).toEqual({ changed: ["clientSecret", "enabled", "nameClaim"] });
@@ -164,7 +150,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
       "POST",
       configurations(b.tenant.id),
       valid,
-      (await signIn(app, b.owner.email, b.owner.password)).cookie,
+      (await signIn(world.app, b.owner.email, b.owner.password)).cookie,
     );
     expect((await send("GET", `${configurations(a.tenant.id)}/${theirs.json().id}`)).statusCode).toBe(404);
     expect((await send("DELETE", `${configurations(a.tenant.id)}/${theirs.json().id}`)).statusCode).toBe(404);
@@ -172,7 +158,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
 
   it("deletes a configuration with the identities linked through it", async () => {
     const id = (await send("POST", configurations(a.tenant.id), valid)).json().id;
-    await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .insertInto("sso_identities")
         .values({
@@ -189,7 +175,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     expect((await send("DELETE", `${configurations(a.tenant.id)}/${id}`)).statusCode).toBe(204);
     expect((await send("GET", `${configurations(a.tenant.id)}/${id}`)).statusCode).toBe(404);
     expect((await send("DELETE", `${configurations(a.tenant.id)}/${id}`)).statusCode).toBe(404);
-    const left = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    const left = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx.selectFrom("sso_identities").select("id").where("configuration_id", "=", id).execute(),
     );
     expect(left).toEqual([]);
@@ -207,9 +193,9 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     expect((await send("POST", domains(a.tenant.id), { domain: "stale.example" })).statusCode).toBe(403);
     expect((await send("GET", configurations(a.tenant.id))).statusCode).toBe(200);
 
-    const member = await createTestUser(deps, { email: `member-${uuidv7()}@a.example` });
-    await joinTenant(deps, a.tenant.id, member.id, "member");
-    const cookie = (await signIn(app, member.email, member.password)).cookie;
+    const member = await createTestUser(world.deps, { email: `member-${uuidv7()}@a.example` });
+    await joinTenant(world.deps, a.tenant.id, member.id, "member");
+    const cookie = (await signIn(world.app, member.email, member.password)).cookie;
     expect((await send("GET", configurations(a.tenant.id), undefined, cookie)).statusCode).toBe(403);
     expect((await send("GET", domains(a.tenant.id), undefined, cookie)).statusCode).toBe(403);
   });
@@ -227,7 +213,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     expect(domain.record.value).toMatch(/^charter-verification=[A-Za-z0-9_-]{43}$/);
     expect((await send("POST", domains(a.tenant.id), { domain: "sales.example.com" })).statusCode).toBe(409);
     // Another tenant may claim it too: each proves it with its own token.
-    const cookieB = (await signIn(app, b.owner.email, b.owner.password)).cookie;
+    const cookieB = (await signIn(world.app, b.owner.email, b.owner.password)).cookie;
     const theirs = await send("POST", domains(b.tenant.id), { domain: "sales.example.com" }, cookieB);
     expect(theirs.statusCode).toBe(201);
     expect(theirs.json().record.value).not.toBe(domain.record.value);
@@ -267,7 +253,7 @@ describe.each(DATABASE_KINDS)("SSO settings of a tenant on %s", (kind) => {
     expect(events.filter((event) => event.target_id === domain.id)).toHaveLength(1);
 
     // Not B's to verify, nor to remove.
-    const cookieB = (await signIn(app, b.owner.email, b.owner.password)).cookie;
+    const cookieB = (await signIn(world.app, b.owner.email, b.owner.password)).cookie;
     expect((await send("POST", `${domains(b.tenant.id)}/${domain.id}/verify`, undefined, cookieB)).statusCode).toBe(
       404,
     );

@@ -1,11 +1,5 @@
-import {
-  type ColumnEntry,
-  defineTable,
-  notPersonal,
-  type Retention,
-  type TableInventory,
-  WITH_TENANT_DATA,
-} from "../../platform/inventory/types.ts";
+import { defineTable, notPersonal, type TableInventory, WITH_TENANT_DATA } from "../../platform/inventory/types.ts";
+import { ONE_DAY, personal, throughMembership } from "./inventory-entries.ts";
 import "./sso-schema.ts";
 
 /**
@@ -14,27 +8,13 @@ import "./sso-schema.ts";
  * and are swept a day after they end.
  */
 
-/** Sign-ins in flight end within 10 minutes; what is left of them goes a day later. */
-const ONE_DAY: Retention = { anchor: "event-time", duration: "P1D", action: "delete" };
-
 const tenantSetting = (purpose: string) => notPersonal("authentication", purpose, WITH_TENANT_DATA);
+/** Sign-ins in flight end within 10 minutes; what is left of them goes a day later. */
 const inFlight = (purpose: string) => notPersonal("authentication", purpose, ONE_DAY);
-
-function ofMember(purpose: string): ColumnEntry {
-  return {
-    category: "authentication",
-    personal: true,
-    purpose,
-    legalBasis: "contract",
-    keyScope: null,
-    erasure: { action: "delete" },
-    retention: WITH_TENANT_DATA,
-  };
-}
-
-function ofUser(purpose: string): ColumnEntry {
-  return { ...ofMember(purpose), retention: ONE_DAY };
-}
+/** A federated identity signs its member in: kept with the tenant's data. */
+const ofMember = (purpose: string) => personal("authentication", purpose, WITH_TENANT_DATA);
+/** A pending link of an account, gone a day after the sign-in that left it. */
+const ofUser = (purpose: string) => personal("authentication", purpose, ONE_DAY);
 
 const configurations = defineTable("sso_configurations", {
   owner: "tenant",
@@ -76,11 +56,7 @@ const domains = defineTable("sso_domains", {
 const identities = defineTable("sso_identities", {
   owner: "tenant",
   row: "one person as a tenant's provider knows them: (configuration, issuer, subject) → membership",
-  subject: {
-    kind: "path",
-    via: [{ column: "membership_id", references: { table: "memberships", column: "id" }, link: "foreign-key" }],
-    of: "user",
-  },
+  subject: throughMembership("membership_id"),
   columns: {
     tenant_id: notPersonal("authentication", "the tenant", WITH_TENANT_DATA),
     id: ofMember("identifies the federated identity"),

@@ -1,10 +1,8 @@
 import type { LightMyRequestResponse } from "fastify";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { outboundFor, startTestProvider, type TestProvider } from "../../../test/support/oidc-provider.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
-import type { IdentityDeps } from "./deps.ts";
 import type { SessionFactor } from "./schema.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
 import { PENDING_LINK_MS } from "./sso-links.ts";
@@ -17,39 +15,30 @@ import {
   type TenantWithOwner,
   TestBrowser,
 } from "./sso-testing.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  TEST_PASSWORD,
-  type TestUser,
-} from "./testing.ts";
+import { createTestUser, TEST_PASSWORD, type TestUser, useIdentityTestApp } from "./testing.ts";
 
 let counter = 0;
 const unique = () => `${Date.now().toString(36)}${(++counter).toString(36)}`;
 const CONFIRM = "/api/v1/sso/links/current/confirm";
 
 describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provider on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   let idp: TestProvider;
   let a: TenantWithOwner;
   let h: ReturnType<typeof ssoHarness>;
   const clock = manualClock(new Date());
 
-  beforeAll(async () => {
-    [t, idp] = await Promise.all([openTestDatabase(kind), startTestProvider()]);
-    deps = { ...createIdentityTestDeps(t.db, clock), outbound: outboundFor([idp]) };
-    app = await buildIdentityTestApp(deps);
-    h = ssoHarness(deps, [idp]);
-    a = await createTenantWithOwner(deps, "A");
-    await addVerifiedDomain(deps, a.tenant.id, "a.example");
+  const world = useIdentityTestApp(kind, clock, {
+    // The provider starts first: the outbound client lets its loopback address through.
+    deps: async (base) => {
+      idp = await startTestProvider();
+      return { ...base, outbound: outboundFor([idp]) };
+    },
   });
-  afterAll(async () => {
-    await app?.close();
-    await idp?.close();
-    await t?.close();
+  afterAll(() => idp?.close());
+  beforeAll(async () => {
+    h = ssoHarness(world.deps, [idp]);
+    a = await createTenantWithOwner(world.deps, "A");
+    await addVerifiedDomain(world.deps, a.tenant.id, "a.example");
   });
   beforeEach(() => clock.advance(SSO_START_PER_ADDRESS.windowSeconds * 1000 + 1000));
 
@@ -57,7 +46,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
     browser.request("POST", "/api/v1/sessions", { email: user.email, password: user.password });
 
   const membershipsOf = (userId: string) =>
-    t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("memberships")
         .select(["id", "role", "status"])
@@ -67,7 +56,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
     );
 
   const identitiesOf = (subject: string) =>
-    t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("sso_identities")
         .select(["membership_id"])
@@ -83,7 +72,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
 
   /** An account with a password whose address the provider also vouches for, and the provider's person. */
   async function existingAccount() {
-    const user = await createTestUser(deps, { email: `bob-${unique()}@a.example` });
+    const user = await createTestUser(world.deps, { email: `bob-${unique()}@a.example` });
     const login = h.person({ email: user.email, email_verified: true, name: "Robert" });
     return { user, login };
   }
@@ -91,7 +80,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
   it("links only after the account's owner signs in with their own factor, then adds the SSO factor", async () => {
     const configuration = await h.configure(a.tenant.id);
     const { user, login } = await existingAccount();
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
 
     const { response } = await h.signInThrough(browser, a.tenant.id, configuration.id, login);
     expect(response.statusCode, response.body).toBe(303);
@@ -119,7 +108,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
       { method: "password" },
       { method: "sso", tenantId: a.tenant.id, configurationId: configuration.id, mfa: false },
     ]);
-    const events = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    const events = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("audit_events")
         .select("action")
@@ -130,7 +119,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
     expect(events.map((event) => event.action)).toContain("sso.jit-membership");
 
     // Linked: the provider alone signs the person in from now on, in any browser.
-    const elsewhere = new TestBrowser(app);
+    const elsewhere = new TestBrowser(world.app);
     const again = await h.signInThrough(elsewhere, a.tenant.id, configuration.id, login);
     expect(again.response.statusCode).toBe(303);
     expect(again.response.headers.location).toBe("https://charter.test/");
@@ -142,8 +131,8 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
   it("keeps an existing member's role when linking", async () => {
     const configuration = await h.configure(a.tenant.id);
     const { user, login } = await existingAccount();
-    const membershipId = await joinTenant(deps, a.tenant.id, user.id, "admin");
-    const browser = new TestBrowser(app);
+    const membershipId = await joinTenant(world.deps, a.tenant.id, user.id, "admin");
+    const browser = new TestBrowser(world.app);
     await h.signInThrough(browser, a.tenant.id, configuration.id, login);
     await signIn(browser, user);
     expect((await browser.request("POST", CONFIRM)).json().membershipId).toBe(membershipId);
@@ -153,16 +142,16 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
   it("refuses another user, another browser, a stale sign-in, a late or spent link", async () => {
     const configuration = await h.configure(a.tenant.id);
     const { user, login } = await existingAccount();
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     await h.signInThrough(browser, a.tenant.id, configuration.id, login);
 
     // Someone else signed in in this browser cannot take the link.
-    const carol = await createTestUser(deps, { email: `carol-${unique()}@a.example` });
+    const carol = await createTestUser(world.deps, { email: `carol-${unique()}@a.example` });
     await signIn(browser, carol);
     await expectRefused(await browser.request("POST", CONFIRM), 404, "no-pending-link");
 
     // The owner, in another browser (without this one's SSO cookie).
-    const other = new TestBrowser(app);
+    const other = new TestBrowser(world.app);
     await signIn(other, user);
     await expectRefused(await other.request("POST", CONFIRM), 404, "no-pending-link");
 
@@ -192,19 +181,19 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
     const first = await h.configure(a.tenant.id);
     const second = await h.configure(a.tenant.id);
     const { user, login } = await existingAccount();
-    const linking = new TestBrowser(app);
+    const linking = new TestBrowser(world.app);
     await h.signInThrough(linking, a.tenant.id, first.id, login);
     await signIn(linking, user);
     expect((await linking.request("POST", CONFIRM)).statusCode).toBe(200);
 
     // A browser where the first provider alone signed the user in asks to link the second.
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     await h.signInThrough(browser, a.tenant.id, first.id, login);
     expect((await h.sessionOf(browser))?.user_id).toBe(user.id);
     const { response } = await h.signInThrough(browser, a.tenant.id, second.id, login);
     expect(response.headers.location).toBe("https://charter.test/sso/link");
     expect((await browser.request("POST", CONFIRM)).statusCode).toBe(401);
-    const linked = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    const linked = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("sso_identities")
         .select("configuration_id")
@@ -217,8 +206,8 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
 
   it("leaves no link when the provider did not verify the address, or the domain is not the tenant's", async () => {
     const configuration = await h.configure(a.tenant.id);
-    const user = await createTestUser(deps, { email: `eve-${unique()}@a.example` });
-    const browser = new TestBrowser(app);
+    const user = await createTestUser(world.deps, { email: `eve-${unique()}@a.example` });
+    const browser = new TestBrowser(world.app);
     const unverified = await h.signInThrough(
       browser,
       a.tenant.id,
@@ -226,7 +215,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
       h.person({ email: user.email, email_verified: false }),
     );
     await expectRefused(unverified.response, 403, "email-unverified");
-    const outside = await createTestUser(deps, { email: `mallory-${unique()}@elsewhere.example` });
+    const outside = await createTestUser(world.deps, { email: `mallory-${unique()}@elsewhere.example` });
     const foreign = await h.signInThrough(
       browser,
       a.tenant.id,
@@ -234,7 +223,7 @@ describe.each(DATABASE_KINDS)("linking an existing account to a tenant's provide
       h.person({ email: outside.email, email_verified: true }),
     );
     await expectRefused(foreign.response, 403, "domain-unverified");
-    const links = await t.db.withPlatform((tx) =>
+    const links = await world.t.db.withPlatform((tx) =>
       tx.selectFrom("sso_pending_links").select("id").where("user_id", "in", [user.id, outside.id]).execute(),
     );
     expect(links).toEqual([]);

@@ -4,6 +4,7 @@ import { type AnyRoute, defineRoute } from "../../platform/http/routes.ts";
 import type { RateRule } from "../../platform/ratelimit/limiter.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import type { IdentityDeps } from "./deps.ts";
+import { presentedDeviceToken, setDeviceCookie } from "./devices.ts";
 import { pageLink } from "./links.ts";
 import { isSessionPrincipal, RECENT_AUTHENTICATION_MS } from "./sessions.ts";
 import { ensureSsoBinding, readSsoBinding } from "./sso-binding.ts";
@@ -137,6 +138,7 @@ export function ssoRoutes(deps: IdentityDeps): AnyRoute[] {
                 binding: readSsoBinding(raw, publicUrl),
                 sessionToken,
                 presented: await presentedSession(deps, sessionToken, request.requestId),
+                deviceToken: presentedDeviceToken(raw, publicUrl),
                 userAgent: raw.headers["user-agent"],
                 requestId: request.requestId,
               },
@@ -150,6 +152,7 @@ export function ssoRoutes(deps: IdentityDeps): AnyRoute[] {
           return reply.header("location", pageLink(publicUrl, LINK_PAGE)).send();
         }
         setSessionCookie(reply, publicUrl, outcome.session.token, outcome.session.expiresAt, clock.now());
+        setDeviceCookie(reply, publicUrl, outcome.device.token);
         return reply.header("location", pageLink(publicUrl, outcome.returnTo)).send();
       },
     }),

@@ -1,13 +1,12 @@
 import type { LightMyRequestResponse } from "fastify";
 import { sql } from "kysely";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { outboundFor, startTestProvider, type TestProvider } from "../../../test/support/oidc-provider.ts";
 import { manualClock } from "../../platform/clock.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { createOutboundClient } from "../../platform/net/index.ts";
 import { sessionCookieName } from "./cookies.ts";
-import type { IdentityDeps } from "./deps.ts";
+import { deviceCookieName } from "./devices.ts";
 import type { SessionFactor } from "./schema.ts";
 import { ssoBindingCookieName } from "./sso-binding.ts";
 import { ssoRedirectUri } from "./sso-configurations.ts";
@@ -21,17 +20,16 @@ import {
   type TenantWithOwner,
   TestBrowser,
 } from "./sso-testing.ts";
-import { buildIdentityTestApp, createIdentityTestDeps, TEST_PUBLIC_URL } from "./testing.ts";
+import { buildIdentityTestApp, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
+import { hashToken } from "./tokens.ts";
 
 const SESSION = sessionCookieName(TEST_PUBLIC_URL);
 const SSO_COOKIE = ssoBindingCookieName(TEST_PUBLIC_URL);
+const DEVICE = deviceCookieName(TEST_PUBLIC_URL);
 let counter = 0;
 const unique = () => `${Date.now().toString(36)}${(++counter).toString(36)}`;
 
 describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   let idp: TestProvider;
   let rogue: TestProvider;
   let a: TenantWithOwner;
@@ -39,20 +37,20 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
   let h: ReturnType<typeof ssoHarness>;
   const clock = manualClock(new Date());
 
-  beforeAll(async () => {
-    [t, idp, rogue] = await Promise.all([openTestDatabase(kind), startTestProvider(), startTestProvider()]);
-    deps = { ...createIdentityTestDeps(t.db, clock), outbound: outboundFor([idp, rogue]) };
-    app = await buildIdentityTestApp(deps);
-    h = ssoHarness(deps, [idp, rogue]);
-    a = await createTenantWithOwner(deps, "A");
-    b = await createTenantWithOwner(deps, "B");
-    await addVerifiedDomain(deps, a.tenant.id, "a.example");
-    await addVerifiedDomain(deps, b.tenant.id, "b.example");
+  const world = useIdentityTestApp(kind, clock, {
+    // The providers start first: the outbound client lets their loopback addresses through.
+    deps: async (base) => {
+      [idp, rogue] = await Promise.all([startTestProvider(), startTestProvider()]);
+      return { ...base, outbound: outboundFor([idp, rogue]) };
+    },
   });
-  afterAll(async () => {
-    await app?.close();
-    await Promise.all([idp?.close(), rogue?.close()]);
-    await t?.close();
+  afterAll(() => Promise.all([idp?.close(), rogue?.close()]));
+  beforeAll(async () => {
+    h = ssoHarness(world.deps, [idp, rogue]);
+    a = await createTenantWithOwner(world.deps, "A");
+    b = await createTenantWithOwner(world.deps, "B");
+    await addVerifiedDomain(world.deps, a.tenant.id, "a.example");
+    await addVerifiedDomain(world.deps, b.tenant.id, "b.example");
   });
   // A fresh rate-limit window for the starts of each test.
   beforeEach(() => clock.advance(SSO_START_PER_ADDRESS.windowSeconds * 1000 + 1000));
@@ -69,7 +67,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const configuration = await h.configure(a.tenant.id);
     const email = `ada-${unique()}@a.example`;
     const login = h.person({ email, email_verified: true, name: "Ada Lovelace" });
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
 
     const started = await h.start(browser, a.tenant.id, configuration.id);
     expect(started.statusCode).toBe(302);
@@ -103,7 +101,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
       { method: "sso", tenantId: a.tenant.id, configurationId: configuration.id, mfa: false },
     ]);
 
-    const { membership, identity } = await t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => ({
+    const { membership, identity } = await world.t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => ({
       membership: await tx
         .selectFrom("memberships")
         .selectAll()
@@ -127,7 +125,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     expect((await browser.request("GET", `/api/v1/tenants/${a.tenant.id}`)).statusCode).toBe(200);
     expect((await browser.request("GET", "/api/v1/me")).statusCode).toBe(401);
 
-    const events = await t.db.withPlatform((tx) =>
+    const events = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .select(["action", "details"])
@@ -136,7 +134,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     );
     expect(events.map((event) => event.action)).toEqual(expect.arrayContaining(["auth.signed-up", "auth.signed-in"]));
     expect(JSON.stringify(events)).not.toContain(email);
-    const tenantEvents = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    const tenantEvents = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("audit_events")
         .select(["action", "stream", "details"])
@@ -155,7 +153,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const configuration = await h.configure(a.tenant.id, idp, { mfaAmrValues: ["mfa", "hwk"] });
     const email = `grace-${unique()}@a.example`;
     const login = h.person({ email, email_verified: true, name: "Grace" });
-    const first = new TestBrowser(app);
+    const first = new TestBrowser(world.app);
     expect(
       (await h.signInThrough(first, a.tenant.id, configuration.id, { ...login, amr: ["pwd"] })).response.statusCode,
     ).toBe(303);
@@ -164,7 +162,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
 
     // The provider now says another address (even another person's, unverified): the subject decides.
     idp.setAccount({ sub: login.sub, claims: { email: `someone-else-${unique()}@b.example`, email_verified: false } });
-    const again = new TestBrowser(app);
+    const again = new TestBrowser(world.app);
     const { response } = await h.signInThrough(again, a.tenant.id, configuration.id, { ...login, amr: ["pwd", "mfa"] });
     expect(response.statusCode, response.body).toBe(303);
     const session = await h.sessionOf(again);
@@ -177,7 +175,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const configuration = await h.configure(a.tenant.id);
     const email = `hopper-${unique()}@a.example`;
     const login = h.person({ email, email_verified: true });
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     await h.signInThrough(browser, a.tenant.id, configuration.id, login);
     const first = await h.sessionOf(browser);
     const firstToken = browser.cookie(SESSION);
@@ -197,7 +195,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     );
     const other = await h.sessionOf(browser);
     expect(other?.id).not.toBe(first?.id);
-    const ended = await t.db.withPlatform((tx) =>
+    const ended = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("sessions")
         .select("revoke_reason")
@@ -207,9 +205,56 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     expect(ended.revoke_reason).toBe("signed-in-again");
   });
 
+  it("remembers the browser like any sign-in: a device cookie, and a new-device alert from another browser", async () => {
+    const configuration = await h.configure(a.tenant.id);
+    const email = `turing-${unique()}@a.example`;
+    const login = h.person({ email, email_verified: true });
+    const first = new TestBrowser(world.app);
+    expect((await h.signInThrough(first, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
+    const device = first.cookie(DEVICE);
+    expect(device).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const [user] = await h.usersByEmail(email);
+    const userId = user?.id as string;
+    const known = () =>
+      world.t.db.withPlatform((tx) =>
+        tx.selectFrom("known_devices").select("token_hash").where("user_id", "=", userId).execute(),
+      );
+    const alerts = () =>
+      world.t.db.withPlatform((tx) =>
+        tx.selectFrom("user_alerts").select(["kind", "details"]).where("user_id", "=", userId).execute(),
+      );
+    expect((await known()).map((row) => Buffer.from(row.token_hash).equals(hashToken(device ?? "")))).toEqual([true]);
+    // The account's very first sign-in is from a new browser by necessity: no alert.
+    expect(await alerts()).toEqual([]);
+
+    // The same browser again keeps its cookie and raises nothing.
+    await h.signInThrough(first, a.tenant.id, configuration.id, login);
+    expect(first.cookie(DEVICE)).toBe(device);
+    expect(await alerts()).toEqual([]);
+
+    const second = new TestBrowser(world.app);
+    expect((await h.signInThrough(second, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
+    expect(second.cookie(DEVICE)).not.toBe(device);
+    expect(await known()).toHaveLength(2);
+    expect(await alerts()).toEqual([{ kind: "new-device", details: expect.objectContaining({ method: "sso" }) }]);
+    // The member's tenant sees it too: raised in the tenant's own transaction of the sign-in.
+    const copies = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+      tx
+        .selectFrom("tenant_alerts as ta")
+        .innerJoin("memberships as m", (join) =>
+          join.onRef("m.tenant_id", "=", "ta.tenant_id").onRef("m.id", "=", "ta.membership_id"),
+        )
+        .select("ta.kind")
+        .where("ta.tenant_id", "=", a.tenant.id)
+        .where("m.user_id", "=", userId)
+        .execute(),
+    );
+    expect(copies).toEqual([{ kind: "new-device" }]);
+  });
+
   it("goes back to the path it was started with, and refuses any other origin", async () => {
     const configuration = await h.configure(a.tenant.id);
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const started = await h.start(browser, a.tenant.id, configuration.id, "?returnTo=%2Fdeals%3Fview%3Dmine");
     const answer = await idp.authorize(
       started.headers.location as string,
@@ -226,7 +271,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
   it("refuses an ID token with another nonce than the one sent", async () => {
     const configuration = await h.configure(a.tenant.id);
     const email = `nonce-${unique()}@a.example`;
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const { response } = await h.signInThrough(
       browser,
       a.tenant.id,
@@ -246,14 +291,14 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
   it("refuses an answer naming another issuer, or none (RFC 9207 mix-up defence)", async () => {
     const configuration = await h.configure(a.tenant.id);
     const login = h.person({ email: `iss-${unique()}@a.example`, email_verified: true });
-    const wrong = await h.signInThrough(new TestBrowser(app), a.tenant.id, configuration.id, login, {
+    const wrong = await h.signInThrough(new TestBrowser(world.app), a.tenant.id, configuration.id, login, {
       answer: (url) => {
         url.searchParams.set("iss", rogue.issuer);
         return url;
       },
     });
     await expectRefused(wrong.response, 401, "issuer-mismatch");
-    const missing = await h.signInThrough(new TestBrowser(app), a.tenant.id, configuration.id, login, {
+    const missing = await h.signInThrough(new TestBrowser(world.app), a.tenant.id, configuration.id, login, {
       answer: (url) => {
         url.searchParams.delete("iss");
         return url;
@@ -270,7 +315,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
       clientSecret: configuration.clientSecret,
       redirectUri: ssoRedirectUri(TEST_PUBLIC_URL, configuration.id),
     });
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const started = await h.start(browser, a.tenant.id, configuration.id);
     const request = new URL(started.headers.location as string);
     const diverted = new URL(`${request.pathname}${request.search}`, rogue.issuer);
@@ -293,7 +338,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
 
   it("refuses the provider's own refusal, and spends the sign-in", async () => {
     const configuration = await h.configure(a.tenant.id);
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const { answer, response } = await h.signInThrough(
       browser,
       a.tenant.id,
@@ -317,14 +362,14 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const configuration = await h.configure(a.tenant.id);
     const unverified = `unverified-${unique()}@a.example`;
     const first = await h.signInThrough(
-      new TestBrowser(app),
+      new TestBrowser(world.app),
       a.tenant.id,
       configuration.id,
       h.person({ email: unverified, email_verified: false }),
     );
     await expectRefused(first.response, 403, "email-unverified");
     const silent = await h.signInThrough(
-      new TestBrowser(app),
+      new TestBrowser(world.app),
       a.tenant.id,
       configuration.id,
       h.person({ email: unverified }),
@@ -333,7 +378,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     expect(await h.usersByEmail(unverified)).toHaveLength(0);
 
     // b.example is B's verified domain, not A's; c.example is claimed by A but not verified.
-    await deps.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    await world.deps.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .insertInto("sso_domains")
         .values({
@@ -351,7 +396,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
       `sub-${unique()}@x.a.example`,
     ]) {
       const { response } = await h.signInThrough(
-        new TestBrowser(app),
+        new TestBrowser(world.app),
         a.tenant.id,
         configuration.id,
         h.person({ email, email_verified: true }),
@@ -360,7 +405,7 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
       expect(await h.usersByEmail(email)).toHaveLength(0);
     }
     const nameless = await h.signInThrough(
-      new TestBrowser(app),
+      new TestBrowser(world.app),
       a.tenant.id,
       configuration.id,
       h.person({ name: "No Mail" }),
@@ -373,18 +418,18 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const other = await h.configure(a.tenant.id);
     const login = h.person({ email: `once-${unique()}@a.example`, email_verified: true });
 
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const { answer, response } = await h.signInThrough(browser, a.tenant.id, configuration.id, login);
     expect(response.statusCode).toBe(303);
     await expectRefused(await browser.request("GET", `${answer.pathname}${answer.search}`), 401, "replayed");
 
     // Another browser (no SSO cookie, or another one) presenting the answer.
-    const victim = new TestBrowser(app);
+    const victim = new TestBrowser(world.app);
     const stolen = await h.signInThrough(victim, a.tenant.id, configuration.id, login, { answer: (url) => url });
     expect(stolen.response.statusCode).toBe(303);
     const started = await h.start(victim, a.tenant.id, configuration.id);
     const taken = await idp.authorize(started.headers.location as string, login);
-    const attacker = new TestBrowser(app);
+    const attacker = new TestBrowser(world.app);
     await expectRefused(await attacker.request("GET", `${taken.pathname}${taken.search}`), 401, "binding-mismatch");
     await h.start(attacker, a.tenant.id, configuration.id);
     await expectRefused(await attacker.request("GET", `${taken.pathname}${taken.search}`), 401, "binding-mismatch");
@@ -417,10 +462,10 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const inB = await h.configure(b.tenant.id);
     const email = `both-${unique()}@a.example`;
     const login = h.person({ email, email_verified: true });
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     await h.signInThrough(browser, a.tenant.id, inA.id, login);
     const [user] = await h.usersByEmail(email);
-    await joinTenant(deps, b.tenant.id, user?.id as string, "member");
+    await joinTenant(world.deps, b.tenant.id, user?.id as string, "member");
 
     // A's sign-in, answered at B's redirect URI.
     const started = await h.start(browser, a.tenant.id, inA.id);
@@ -446,9 +491,9 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     const configuration = await h.configure(a.tenant.id);
     const email = `gone-${unique()}@a.example`;
     const login = h.person({ email, email_verified: true });
-    await h.signInThrough(new TestBrowser(app), a.tenant.id, configuration.id, login);
+    await h.signInThrough(new TestBrowser(world.app), a.tenant.id, configuration.id, login);
     const [user] = await h.usersByEmail(email);
-    await t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => {
+    await world.t.db.withTenant({ tenantId: a.tenant.id }, async (tx) => {
       await tx
         .updateTable("memberships")
         .set({ status: "removed", removed_at: clock.now() })
@@ -460,14 +505,14 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
         .where("user_id", "=", user?.id as string)
         .execute();
     });
-    const removed = await h.signInThrough(new TestBrowser(app), a.tenant.id, configuration.id, login);
+    const removed = await h.signInThrough(new TestBrowser(world.app), a.tenant.id, configuration.id, login);
     await expectRefused(removed.response, 403, "not-a-member");
 
-    const membershipId = await joinTenant(deps, a.tenant.id, user?.id as string, "viewer");
-    const back = new TestBrowser(app);
+    const membershipId = await joinTenant(world.deps, a.tenant.id, user?.id as string, "viewer");
+    const back = new TestBrowser(world.app);
     expect((await h.signInThrough(back, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
     expect((await h.sessionOf(back))?.user_id).toBe(user?.id);
-    const identity = await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    const identity = await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .selectFrom("sso_identities")
         .select("membership_id")
@@ -477,9 +522,9 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     );
     expect(identity?.membership_id).toBe(membershipId);
 
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     const started = await h.start(browser, a.tenant.id, configuration.id);
-    await t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
+    await world.t.db.withTenant({ tenantId: a.tenant.id }, (tx) =>
       tx
         .updateTable("sso_configurations")
         .set({ enabled: false })
@@ -499,7 +544,10 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
 
   it("calls providers only through the outbound client, which refuses loopback and private addresses", async () => {
     const configuration = await h.configure(a.tenant.id);
-    const production = { ...deps, outbound: createOutboundClient({ resolve: async () => [{ address: "127.0.0.1" }] }) };
+    const production = {
+      ...world.deps,
+      outbound: createOutboundClient({ resolve: async () => [{ address: "127.0.0.1" }] }),
+    };
     const guarded = await buildIdentityTestApp(production);
     try {
       await expectRefused(
@@ -510,18 +558,22 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
     } finally {
       await guarded.close();
     }
-    const internal = await addConfiguration(deps, a.tenant.id, { issuer: "https://10.1.2.3/realms/x" });
-    await expectRefused(await h.start(new TestBrowser(app), a.tenant.id, internal.id), 503, "provider-unreachable");
+    const internal = await addConfiguration(world.deps, a.tenant.id, { issuer: "https://10.1.2.3/realms/x" });
+    await expectRefused(
+      await h.start(new TestBrowser(world.app), a.tenant.id, internal.id),
+      503,
+      "provider-unreachable",
+    );
     // The provider answers, but its metadata names another issuer than the one configured.
-    const misnamed = await addConfiguration(deps, a.tenant.id, {
+    const misnamed = await addConfiguration(world.deps, a.tenant.id, {
       issuer: idp.issuer.replace("localhost", "127.0.0.1"),
     });
-    await expectRefused(await h.start(new TestBrowser(app), a.tenant.id, misnamed.id), 503, "discovery-failed");
+    await expectRefused(await h.start(new TestBrowser(world.app), a.tenant.id, misnamed.id), 503, "discovery-failed");
   });
 
   it("throttles sign-in starts per source address", async () => {
     const configuration = await h.configure(a.tenant.id);
-    const browser = new TestBrowser(app);
+    const browser = new TestBrowser(world.app);
     for (let i = 0; i < SSO_START_PER_ADDRESS.limit; i++) {
       expect((await h.start(browser, a.tenant.id, configuration.id)).statusCode).toBe(302);
     }

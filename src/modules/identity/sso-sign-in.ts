@@ -4,6 +4,8 @@ import type { Tx } from "../../platform/db/index.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import { findTenant } from "../../platform/tenancy/tenants.ts";
 import type { IdentityDeps } from "./deps.ts";
+import type { RememberedDevice } from "./devices.ts";
+import { rememberSignInDevice } from "./sign-in-alerts.ts";
 import { ssoBindingHash } from "./sso-binding.ts";
 import { openSsoClient, type SsoClient, ssoRedirectUri } from "./sso-configurations.ts";
 import { domainOfEmail, isVerifiedDomain } from "./sso-domains.ts";
@@ -173,7 +175,15 @@ function claimString(claims: Readonly<Record<string, unknown>>, name: string, ma
 const verifiedByProvider = (value: unknown): boolean => value === true || value === "true";
 
 export type CallbackOutcome =
-  | { kind: "signed-in"; userId: string; tenantId: string; session: OpenedSession; returnTo: string }
+  | {
+      kind: "signed-in";
+      userId: string;
+      tenantId: string;
+      session: OpenedSession;
+      /** The browser, now a known device of the user: its cookie to set. */
+      device: RememberedDevice;
+      returnTo: string;
+    }
   | { kind: "link-pending"; userId: string; tenantId: string };
 
 /** What the flow learned so far, for the audit record of a refusal. */
@@ -186,7 +196,7 @@ export interface CallbackContext {
  * Every refusal is an SsoRefused; `context` is filled in as the flow learns the tenant.
  */
 export async function completeSsoSignIn(
-  deps: Pick<IdentityDeps, "db" | "keyRing" | "clock" | "outbound" | "config" | "audit">,
+  deps: Pick<IdentityDeps, "db" | "keyRing" | "clock" | "outbound" | "config" | "audit" | "mailer">,
   input: {
     configurationId: string;
     query: URLSearchParams;
@@ -194,6 +204,8 @@ export async function completeSsoSignIn(
     /** The session cookie the browser sent, if any, and what it resolved to. */
     sessionToken: string | undefined;
     presented: PresentedSession | undefined;
+    /** The device token the browser sent (devices.ts presentedDeviceToken), if any. */
+    deviceToken: string | undefined;
     userAgent: string | undefined;
     requestId: string;
   },
@@ -245,7 +257,9 @@ export async function completeSsoSignIn(
       now,
       requestId,
     });
-    return { kind: "signed-in", userId, tenantId, session, returnTo: answered.returnTo };
+    // Like every complete sign-in: the browser becomes a known device (or raises the new-device alert).
+    const device = await rememberSignInDevice(deps, tx, input.deviceToken, { userId, method: "sso", requestId });
+    return { kind: "signed-in", userId, tenantId, session, device, returnTo: answered.returnTo };
   });
 }
 

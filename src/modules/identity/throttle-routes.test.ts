@@ -1,43 +1,24 @@
 import { randomBytes } from "node:crypto";
 import type { FastifyInstance } from "fastify";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { loadConfig } from "../../config.ts";
 import { manualClock } from "../../platform/clock.ts";
 import { buildApp } from "../../platform/http/app.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { createRateLimiter } from "../../platform/ratelimit/limiter.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { createIdentity } from "./index.ts";
 import { SIGN_IN_PER_ACCOUNT, SIGN_IN_PER_ADDRESS } from "./session-routes.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  TEST_PUBLIC_URL,
-} from "./testing.ts";
+import { buildIdentityTestApp, randomAddress, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
 import { BACKOFF_POLICIES } from "./throttle.ts";
 
 const WRONG = "not the password at all";
 const WINDOW_MS = SIGN_IN_PER_ACCOUNT.windowSeconds * 1000;
 
 describe.each(DATABASE_KINDS)("growing backoff through the routes on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
+  const world = useIdentityTestApp(kind, clock);
   const email = () => `b-${randomBytes(5).toString("hex")}@example.com`;
 
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    deps = createIdentityTestDeps(t.db, clock);
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
-  });
   beforeEach(() => clock.advance(BACKOFF_POLICIES.address.forgetAfterSeconds * 1000 + 1000));
 
   const post = (server: FastifyInstance, url: string, payload: object, remoteAddress = randomAddress(), headers = {}) =>
@@ -52,27 +33,29 @@ describe.each(DATABASE_KINDS)("growing backoff through the routes on %s", (kind)
     post(server, "/api/v1/sessions", payload, address);
 
   it("holds an account back across windows, before the password is checked, and after a restart", async () => {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const free = BACKOFF_POLICIES.account.freeFailures;
     expect(free).toBe(SIGN_IN_PER_ACCOUNT.limit);
     for (let i = 0; i < free; i++) {
-      expect((await signIn(app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
+      expect((await signIn(world.app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
     }
     clock.advance(WINDOW_MS);
     // A fresh window of the rate limiter, but the account's backoff remembers: each failure now blocks longer.
-    expect((await signIn(app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
-    const blocked = await signIn(app.app, { email: user.email, password: user.password });
+    expect((await signIn(world.app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
+    const blocked = await signIn(world.app.app, { email: user.email, password: user.password });
     expect(blocked.statusCode).toBe(429);
     expect(blocked.headers["retry-after"]).toBe("1");
     expect(blocked.json().type).toBe("/problems/rate-limited");
     clock.advance(1000);
-    expect((await signIn(app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
-    expect((await signIn(app.app, { email: user.email, password: user.password })).headers["retry-after"]).toBe("2");
+    expect((await signIn(world.app.app, { email: user.email, password: WRONG })).statusCode).toBe(401);
+    expect((await signIn(world.app.app, { email: user.email, password: user.password })).headers["retry-after"]).toBe(
+      "2",
+    );
 
     // A restart: a new app with a new rate limiter (its windows start empty) over the same database.
     const restarted = await buildIdentityTestApp({
-      ...deps,
-      rateLimiter: createRateLimiter({ db: t.db, clock, hashKey: randomBytes(32) }),
+      ...world.deps,
+      rateLimiter: createRateLimiter({ db: world.t.db, clock, hashKey: randomBytes(32) }),
     });
     try {
       const after = await signIn(restarted.app, { email: user.email, password: user.password });
@@ -83,7 +66,7 @@ describe.each(DATABASE_KINDS)("growing backoff through the routes on %s", (kind)
     } finally {
       await restarted.close();
     }
-    const lockouts = await t.db.withPlatform((tx) =>
+    const lockouts = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .select("details")
@@ -101,28 +84,33 @@ describe.each(DATABASE_KINDS)("growing backoff through the routes on %s", (kind)
     const prefix = `2001:db8:${randomBytes(2).toString("hex")}:${randomBytes(2).toString("hex")}`;
     const host = () => `${prefix}:${randomBytes(2).toString("hex")}::${randomBytes(2).toString("hex")}`;
     for (let i = 0; i < SIGN_IN_PER_ADDRESS.limit; i++) {
-      expect((await signIn(app.app, { email: email(), password: WRONG }, host())).statusCode).toBe(401);
+      expect((await signIn(world.app.app, { email: email(), password: WRONG }, host())).statusCode).toBe(401);
     }
     clock.advance(WINDOW_MS);
-    expect((await signIn(app.app, { email: email(), password: WRONG }, host())).statusCode).toBe(401);
-    const blocked = await signIn(app.app, { email: email(), password: WRONG }, host());
+    expect((await signIn(world.app.app, { email: email(), password: WRONG }, host())).statusCode).toBe(401);
+    const blocked = await signIn(world.app.app, { email: email(), password: WRONG }, host());
     expect(blocked.statusCode).toBe(429);
     expect(blocked.headers["retry-after"]).toBe("1");
     // Another /64 is another source.
     expect(
-      (await signIn(app.app, { email: email(), password: WRONG }, `2001:db8:ffff:${randomBytes(2).toString("hex")}::1`))
-        .statusCode,
+      (
+        await signIn(
+          world.app.app,
+          { email: email(), password: WRONG },
+          `2001:db8:ffff:${randomBytes(2).toString("hex")}::1`,
+        )
+      ).statusCode,
     ).toBe(401);
   });
 
   it("counts the address the trusted proxy reports, and only a trusted proxy's", async () => {
-    const identity = createIdentity(deps);
+    const identity = createIdentity(world.deps);
     const build = (trustedProxies: string[]) =>
       buildApp({
         config: { ...loadConfig({}), publicUrl: TEST_PUBLIC_URL, trustedProxies },
-        db: t.db,
+        db: world.t.db,
         clock,
-        rateLimiter: createRateLimiter({ db: t.db, clock, hashKey: randomBytes(32) }),
+        rateLimiter: createRateLimiter({ db: world.t.db, clock, hashKey: randomBytes(32) }),
         routes: identity.routes,
         accessControl: identity.accessControl,
         log: false,
@@ -161,13 +149,13 @@ describe.each(DATABASE_KINDS)("growing backoff through the routes on %s", (kind)
     const address = randomAddress();
     const dead = () => ({ token: randomBytes(32).toString("base64url"), ...extra });
     for (let i = 0; i < BACKOFF_POLICIES.address.freeFailures + 1; i++) {
-      expect((await post(app.app, url, dead(), address)).statusCode).toBe(400);
+      expect((await post(world.app.app, url, dead(), address)).statusCode).toBe(400);
     }
-    const blocked = await post(app.app, url, dead(), address);
+    const blocked = await post(world.app.app, url, dead(), address);
     expect(blocked.statusCode).toBe(429);
     expect(blocked.headers["retry-after"]).toBe("1");
-    expect((await post(app.app, url, dead(), randomAddress())).statusCode).toBe(400);
+    expect((await post(world.app.app, url, dead(), randomAddress())).statusCode).toBe(400);
     clock.advance(1000);
-    expect((await post(app.app, url, dead(), address)).statusCode).toBe(400);
+    expect((await post(world.app.app, url, dead(), address)).statusCode).toBe(400);
   });
 });

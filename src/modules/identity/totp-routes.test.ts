@@ -1,32 +1,21 @@
 import type { LightMyRequestResponse } from "fastify";
 import { sql } from "kysely";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
+import { beforeEach, describe, expect, it } from "vitest";
+import { DATABASE_KINDS } from "../../../test/support/databases.ts";
 import { oathtoolCode, secretOfUri } from "../../../test/support/oathtool.ts";
 import { manualClock } from "../../platform/clock.ts";
 import type { Database } from "../../platform/db/index.ts";
-import type { TestApp } from "../../platform/http/test-app.ts";
 import { BACKUP_CODE_COUNT } from "./backup-codes.ts";
 import { SECOND_FACTOR_PER_ACCOUNT } from "./code-factors.ts";
-import type { IdentityDeps } from "./deps.ts";
 import { SIGN_IN_PER_ACCOUNT } from "./session-routes.ts";
 import { PENDING_SECOND_FACTOR_TIMEOUT_MS, RECENT_AUTHENTICATION_MS } from "./sessions.ts";
-import {
-  buildIdentityTestApp,
-  createIdentityTestDeps,
-  createTestUser,
-  randomAddress,
-  sessionHeaders,
-  signIn,
-  type TestUser,
-} from "./testing.ts";
+import { randomAddress, sessionHeaders, signIn, type TestUser, useIdentityTestApp } from "./testing.ts";
 import { hashToken } from "./tokens.ts";
 import { TOTP_ENROLMENT_LIFETIME_MS, timeStepOf } from "./totp.ts";
 
 const COOKIE = "__Host-charter_session";
+const DEVICE = "__Host-charter_device";
 const STEP_MS = 30_000;
-let counter = 0;
-const email = () => `totp-${Date.now()}-${++counter}@example.com`;
 
 /**
  * The database, with a gate that makes a race happen on demand: once armed for n parties, a platform
@@ -70,21 +59,13 @@ interface Browser {
 }
 
 describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind) => {
-  let t: TestDatabase;
-  let deps: IdentityDeps;
-  let app: TestApp;
   let gate: ReturnType<typeof raceGate>;
   const clock = manualClock("2026-04-01T09:00:00.000Z");
-
-  beforeAll(async () => {
-    t = await openTestDatabase(kind);
-    gate = raceGate(t.db);
-    deps = { ...createIdentityTestDeps(t.db, clock), db: gate.db };
-    app = await buildIdentityTestApp(deps);
-  });
-  afterAll(async () => {
-    await app?.close();
-    await t?.close();
+  const world = useIdentityTestApp(kind, clock, {
+    deps: (base, t) => {
+      gate = raceGate(t.db);
+      return { ...base, db: gate.db };
+    },
   });
   // Each test starts in fresh rate-limit windows, far from the previous test's time steps and sessions.
   beforeEach(() => clock.advance(SIGN_IN_PER_ACCOUNT.windowSeconds * 1000 + 1000));
@@ -95,7 +76,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     browser?: Browser,
     payload?: object,
   ): Promise<LightMyRequestResponse> {
-    const response = await app.app.inject({
+    const response = await world.app.app.inject({
       method,
       url,
       // From addresses of their own: the per-address backoff is not what these tests are about.
@@ -109,11 +90,11 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
   }
 
   const browserOf = async (user: TestUser): Promise<Browser> => ({
-    cookie: (await signIn(app, user.email, user.password)).cookie,
+    cookie: (await signIn(world.app, user.email, user.password)).cookie,
   });
   const sessionId = async (browser: Browser) => {
     const token = browser.cookie.slice(COOKIE.length + 1);
-    const row = await t.db.withPlatform((tx) =>
+    const row = await world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("session_tokens")
         .select("session_id")
@@ -124,12 +105,12 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
   };
   const sessionRow = async (browser: Browser) => {
     const id = await sessionId(browser);
-    return t.db.withPlatform((tx) =>
+    return world.t.db.withPlatform((tx) =>
       tx.selectFrom("sessions").selectAll().where("id", "=", id).executeTakeFirstOrThrow(),
     );
   };
   const events = (action: string, userId: string) =>
-    t.db.withPlatform((tx) =>
+    world.t.db.withPlatform((tx) =>
       tx
         .selectFrom("platform_audit_events")
         .selectAll()
@@ -142,7 +123,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
   /** The kinds of the alerts the user was shown (A6), oldest first. */
   const alertKinds = async (userId: string) =>
     (
-      await t.db.withPlatform((tx) =>
+      await world.t.db.withPlatform((tx) =>
         tx
           .selectFrom("user_alerts")
           .select("kind")
@@ -153,7 +134,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       )
     ).map((row) => row.kind);
   const auditText = (userId: string) =>
-    t.db.withPlatform(async (tx) => {
+    world.t.db.withPlatform(async (tx) => {
       const { rows } = await sql<{ row: string }>`
         SELECT to_jsonb(e)::text AS row FROM platform_audit_events e WHERE ${userId}::uuid = ANY(subject_ids)`.execute(
         tx,
@@ -165,7 +146,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
 
   /** A user with a confirmed authenticator app: its secret (read from the URI) and backup codes. */
   async function enrolled(): Promise<{ user: TestUser; secret: string; backupCodes: string[]; browser: Browser }> {
-    const user = await createTestUser(deps, { email: email() });
+    const user = await world.newUser();
     const browser = await browserOf(user);
     const started = await send("POST", "/api/v1/me/totp", browser);
     expect(started.statusCode).toBe(201);
@@ -179,7 +160,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
 
   /** A password sign-in: the state of the session it opens, and the browser holding it. */
   async function passwordSignIn(user: TestUser): Promise<{ state: string; browser: Browser }> {
-    const signedIn = await app.app.inject({
+    const signedIn = await world.app.app.inject({
       method: "POST",
       url: "/api/v1/sessions",
       remoteAddress: randomAddress(),
@@ -203,7 +184,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
 
   describe("enrolment", () => {
     it("enrols an app from the URI's secret and a first code computed by oathtool; the secret is stored sealed", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const browser = await browserOf(user);
       expect((await send("GET", "/api/v1/me/totp", browser)).json()).toEqual({
         status: "none",
@@ -220,7 +201,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       expect(enrolment.qrCode).toMatch(/^data:image\/svg\+xml;base64,/);
       expect(enrolment.expiresAt).toBe(new Date(now().getTime() + TOTP_ENROLMENT_LIFETIME_MS).toISOString());
       expect((await send("GET", "/api/v1/me/totp", browser)).json().status).toBe("pending");
-      const stored = await t.db.withPlatform((tx) =>
+      const stored = await world.t.db.withPlatform((tx) =>
         tx.selectFrom("totp_factors").selectAll().where("user_id", "=", user.id).executeTakeFirstOrThrow(),
       );
       expect(stored.secret).not.toContain(secret);
@@ -245,7 +226,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       expect(
         Number(
           (
-            await t.db.withPlatform((tx) =>
+            await world.t.db.withPlatform((tx) =>
               tx.selectFrom("totp_factors").select("last_used_step").where("user_id", "=", user.id).executeTakeFirst(),
             )
           )?.last_used_step,
@@ -263,7 +244,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     });
 
     it("refuses a wrong first code (audited), and confirms with a right one after it", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const browser = await browserOf(user);
       const secret = secretOfUri((await send("POST", "/api/v1/me/totp", browser)).json().uri);
       const wrong = await send("POST", "/api/v1/me/totp/confirm", browser, {
@@ -281,7 +262,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     });
 
     it("starting again replaces the secret; an expired enrolment and a second app are refused", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const browser = await browserOf(user);
       const first = secretOfUri((await send("POST", "/api/v1/me/totp", browser)).json().uri);
       const second = secretOfUri((await send("POST", "/api/v1/me/totp", browser)).json().uri);
@@ -311,7 +292,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
 
     it("needs recent authentication to enrol, confirm, issue new backup codes or remove the app", async () => {
       const { browser, secret } = await enrolled();
-      const other = await createTestUser(deps, { email: email() });
+      const other = await world.newUser();
       const otherBrowser = await browserOf(other);
       const pending = secretOfUri((await send("POST", "/api/v1/me/totp", otherBrowser)).json().uri);
       clock.advance(RECENT_AUTHENTICATION_MS);
@@ -337,7 +318,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     it("refuses API keys and signed-out callers", async () => {
       expect((await send("GET", "/api/v1/me/totp")).statusCode).toBe(401);
       expect((await send("POST", "/api/v1/me/totp")).statusCode).toBe(401);
-      const keyed = await app.app.inject({
+      const keyed = await world.app.app.inject({
         method: "POST",
         url: "/api/v1/me/totp",
         headers: { authorization: `Bearer charter_${"A".repeat(40)}` },
@@ -477,7 +458,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       expect((await completeWith(full, { totpCode: await code(secret) })).statusCode).toBe(401);
 
       const crossSite = await halfSession(user);
-      const forged = await app.app.inject({
+      const forged = await world.app.app.inject({
         method: "POST",
         url: "/api/v1/sessions/current/second-factor",
         headers: { cookie: crossSite.cookie, "sec-fetch-site": "cross-site" },
@@ -516,6 +497,48 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       expect(limited.statusCode).toBe(429);
       expect(Number(limited.headers["retry-after"])).toBeGreaterThan(0);
       expect((await sessionRow(browser)).state).toBe("pending-second-factor");
+    });
+
+    it("keeps the owner's known browser an allowance of its own, whatever someone with the password spends (A6)", async () => {
+      const { user, secret } = await enrolled();
+      /** A request from the owner's own browser: its session and its device cookie. */
+      const fromOwner = (url: string, cookies: string, payload: object) =>
+        world.app.app.inject({
+          method: "POST",
+          url,
+          remoteAddress: randomAddress(),
+          headers: { cookie: cookies, "sec-fetch-site": "same-origin" },
+          payload,
+        });
+      // The owner finishes a sign-in: the browser becomes a known device of the account.
+      const first = await completeWith(await halfSession(user), { totpCode: await code(secret) });
+      expect(first.statusCode).toBe(200);
+      const device = first.cookies.find((cookie) => cookie.name === DEVICE)?.value;
+      expect(device).toBeDefined();
+      // Someone who holds the password spends the account's window (the enrolment and the owner's code counted).
+      const attacker = await halfSession(user);
+      for (let i = 2; i < SECOND_FACTOR_PER_ACCOUNT.limit; i++) {
+        expect((await completeWith(attacker, { totpCode: "000000" })).statusCode).toBe(401);
+      }
+      expect((await completeWith(attacker, { totpCode: "000000" })).statusCode).toBe(429);
+
+      clock.advance(STEP_MS);
+      const signedIn = await fromOwner("/api/v1/sessions", `${DEVICE}=${device}`, {
+        email: user.email,
+        password: user.password,
+      });
+      expect(signedIn.json().session.state).toBe("pending-second-factor");
+      const session = signedIn.cookies.find((cookie) => cookie.name === COOKIE)?.value;
+      const done = await fromOwner(
+        "/api/v1/sessions/current/second-factor",
+        `${COOKIE}=${session}; ${DEVICE}=${device}`,
+        {
+          totpCode: await code(secret),
+        },
+      );
+      expect(done.statusCode, done.body).toBe(200);
+      // The account's window is still spent for every other browser.
+      expect((await completeWith(await halfSession(user), { totpCode: await code(secret) })).statusCode).toBe(429);
     });
 
     it("holds a guesser back with a growing delay that outlives the window, stored and audited (A6)", async () => {
@@ -586,7 +609,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     });
 
     it("tells a user without an app to use their password", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       const browser = await browserOf(user);
       const answer = await send("POST", "/api/v1/sessions/current/reauthenticate/totp", browser, { code: "123456" });
       expect(answer.statusCode).toBe(409);
@@ -594,6 +617,43 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
   });
 
   describe("backup codes and removal", () => {
+    it("keeps the app of a member of tenants that require MFA while it is the last second factor (409)", async () => {
+      const { user, browser } = await enrolled();
+      for (const name of ["Beta GmbH", "Alpha SA"]) {
+        const tenantId = await world.newTenant(name);
+        await world.addMember(tenantId, user.id, "viewer");
+        await world.setPolicy(tenantId, { requireMfa: true });
+      }
+      const refused = await send("DELETE", "/api/v1/me/totp", browser);
+      expect(refused.statusCode).toBe(409);
+      expect(refused.headers["content-type"]).toMatch(/^application\/problem\+json/);
+      expect(refused.json()).toMatchObject({
+        type: "/problems/last-second-factor",
+        status: 409,
+        detail: expect.stringMatching(/^2 of your organizations require a second factor \(Alpha SA, Beta GmbH\)/),
+      });
+      expect((await send("GET", "/api/v1/me/totp", browser)).json()).toMatchObject({
+        status: "enabled",
+        backupCodesRemaining: BACKUP_CODE_COUNT,
+      });
+      expect(await events("auth.totp-removed", user.id)).toEqual([]);
+      expect(await alertKinds(user.id)).not.toContain("factor-removed");
+
+      // A passkey left is a second factor still: the app may go.
+      await world.addPasskey(user.id);
+      expect((await send("DELETE", "/api/v1/me/totp", browser)).statusCode).toBe(204);
+    });
+
+    it("lets an enrolment never confirmed go wherever MFA is required: it was no factor", async () => {
+      const user = await world.newUser();
+      const tenantId = await world.newTenant();
+      await world.addMember(tenantId, user.id, "member");
+      await world.setPolicy(tenantId, { requireMfa: true });
+      const browser = await browserOf(user);
+      expect((await send("POST", "/api/v1/me/totp", browser)).statusCode).toBe(201);
+      expect((await send("DELETE", "/api/v1/me/totp", browser)).statusCode).toBe(204);
+    });
+
     it("issues ten new backup codes, and the previous ones stop working", async () => {
       const { user, backupCodes, browser } = await enrolled();
       const renewed = await send("POST", "/api/v1/me/totp/backup-codes", browser);
@@ -608,7 +668,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
     });
 
     it("has no backup codes to issue without an app", async () => {
-      const user = await createTestUser(deps, { email: email() });
+      const user = await world.newUser();
       expect((await send("POST", "/api/v1/me/totp/backup-codes", await browserOf(user))).statusCode).toBe(409);
     });
 
@@ -616,7 +676,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       const { user, browser } = await enrolled();
       const removed = await send("DELETE", "/api/v1/me/totp", browser);
       expect(removed.statusCode).toBe(204);
-      const left = await t.db.withPlatform(async (tx) => ({
+      const left = await world.t.db.withPlatform(async (tx) => ({
         totp: await tx.selectFrom("totp_factors").select("user_id").where("user_id", "=", user.id).execute(),
         codes: await tx.selectFrom("backup_codes").select("id").where("user_id", "=", user.id).execute(),
       }));
@@ -626,7 +686,7 @@ describe.each(DATABASE_KINDS)("authenticator app and backup codes on %s", (kind)
       ]);
       expect((await alertKinds(user.id)).at(-1)).toBe("factor-removed");
       expect((await send("DELETE", "/api/v1/me/totp", browser)).statusCode).toBe(404);
-      const signedIn = await signIn(app, user.email, user.password);
+      const signedIn = await signIn(world.app, user.email, user.password);
       expect((await send("GET", "/api/v1/sessions/current", { cookie: signedIn.cookie })).json().session.state).toBe(
         "active",
       );

@@ -21,7 +21,8 @@ import {
 } from "./code-factors.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
 import type { IdentityDeps } from "./deps.ts";
-import { setDeviceCookie } from "./devices.ts";
+import { presentedDeviceToken, setDeviceCookie } from "./devices.ts";
+import { removeSecondFactor } from "./factor-removal.ts";
 import { factorProvenEvent } from "./session-events.ts";
 import {
   completeSecondFactor,
@@ -314,13 +315,18 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
     summary: "Remove the authenticator app (or an unconfirmed enrolment) and its backup codes",
     tags: ["accounts"],
     permission: AUTHENTICATED,
-    response: { 204: z.null(), 401: problemSchema, 403: problemSchema, 404: problemSchema },
+    response: { 204: z.null(), 401: problemSchema, 403: problemSchema, 404: problemSchema, 409: problemSchema },
     handler: async (request, reply) => {
       const principal = sessionOf(request.principal);
       await requireRecentAuthentication(deps, principal);
       await db.withPlatform(
         async (tx) => {
-          const removed = await deleteTotpFactor(tx, principal.userId);
+          const removed = await removeSecondFactor(
+            tx,
+            principal.userId,
+            () => deleteTotpFactor(tx, principal.userId),
+            (totp) => totp?.confirmed === true,
+          );
           if (!removed) throw new HttpProblem("not-found", "no authenticator app is enrolled");
           const backupCodes = await deleteBackupCodes(tx, principal.userId);
           await audit.record(
@@ -394,7 +400,7 @@ export function totpRoutes(deps: IdentityDeps, access: IdentityAccessControl): A
           );
           if (proof.method === "backup-code") await backupCodeUsed(deps, tx, principal.userId, request.requestId);
           // The sign-in is complete only now: this browser becomes a known device (or raises a new-device alert).
-          const device = await rememberSignInDevice(deps, tx, request.raw, {
+          const device = await rememberSignInDevice(deps, tx, presentedDeviceToken(request.raw, publicUrl), {
             userId: principal.userId,
             method: proof.method,
             requestId: request.requestId,

@@ -108,6 +108,15 @@ export async function createUser(tx: Tx, keyRing: KeyRing, now: Date, input: New
     .executeTakeFirstOrThrow();
 }
 
+/**
+ * Locks the user's row for the transaction. Taken first by every change to the user's second factors (a removal,
+ * a factor reset) and to their pending factor reset (a request, a cancel, the sweep): those are serialised per
+ * user, and always lock in one order.
+ */
+export async function lockUser(tx: Tx, userId: string): Promise<void> {
+  await tx.selectFrom("users").select("id").where("id", "=", userId).forUpdate().execute();
+}
+
 export async function findUserById(tx: Tx, userId: string): Promise<UserRow | undefined> {
   return tx.selectFrom("users").selectAll().where("id", "=", userId).executeTakeFirst();
 }

@@ -18,6 +18,10 @@ export const PROBLEM_TYPES = {
   "sign-in-method-not-allowed": { status: 403, title: "This organization does not accept how you signed in" },
   "tenant-session-expired": { status: 403, title: "Sign in again to open this organization" },
   "second-factor-required": { status: 401, title: "Prove your second factor to finish signing in" },
+  "last-second-factor": {
+    status: 409,
+    title: "This is your last second factor, and an organization you belong to requires one",
+  },
   "weak-password": { status: 400, title: "The password is too weak" },
   "not-found": { status: 404, title: "Not found" },
   "method-not-allowed": { status: 405, title: "Method not allowed" },
