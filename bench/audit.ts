@@ -3,7 +3,7 @@ import { loadavg } from "node:os";
 import { sql } from "kysely";
 import { type Audit, createAudit } from "../src/platform/audit/audit.ts";
 import { canonicalBytes } from "../src/platform/audit/canonical.ts";
-import { chainHeads, eventsAfter, streamEvents } from "../src/platform/audit/chains.ts";
+import { chainHeads, eventsAfter, type StreamedEvent, streamEvents } from "../src/platform/audit/chains.ts";
 import {
   type AuditEvent,
   canonicalEvent,
@@ -359,14 +359,18 @@ async function runVerify(serving: BenchServing, s: AuditBenchSettings) {
 
 /**
  * Where verification's time goes, per event, over events held in memory (no database): the generic canonical
- * form, the writer specialised to version 1 that eventHash uses, SHA-256 over the text, and storedEventHash
- * (the v1 writer and SHA-256 over prev ‖ text, as verify calls it on each stored event).
+ * form, the writer specialised to version 1 that eventHash uses, SHA-256 over the text, storedEventHash
+ * (the v1 writer and SHA-256 over prev ‖ text, on an event read through the driver, as the failure path
+ * hashes) and StreamedEvent.hashAt (the same hash written straight from a streamed row's columns, as
+ * verifyChains hashes every event).
  */
 async function profile(db: Database): Promise<string[][]> {
   const sample: StoredEvent[] = [];
+  const streamed: StreamedEvent[] = [];
   await db.withSnapshot(async (snapshot) => {
     const heads = await chainHeads(snapshot.tx);
-    await snapshot.forEachTenant(async (id, tx) => {
+    await snapshot.forEachTenant(async (id, tx, textRows) => {
+      if (streamed.length < PROFILE_EVENTS) await streamEvents(textRows, id, undefined, (e) => streamed.push(e));
       for (const head of heads.filter((h) => h.tenantId === id)) {
         if (sample.length >= PROFILE_EVENTS) return;
         sample.push(...(await eventsAfter(tx, head, 0, PROFILE_EVENTS - sample.length)));
@@ -398,6 +402,11 @@ async function profile(db: Database): Promise<string[][]> {
     const e = sample[k++ % sample.length] as StoredEvent;
     storedEventHash(e, e.seq);
   });
+  let r = 0;
+  const rowUs = time(() => {
+    const e = streamed[r++ % streamed.length] as StreamedEvent;
+    e.hashAt(e.seq);
+  });
   const perSecond = (us: number) => fmt.int(1_000_000 / us);
   return [
     ["step (in memory, no database)", "µs/event", "events/s alone"],
@@ -408,7 +417,8 @@ async function profile(db: Database): Promise<string[][]> {
     ],
     ["canonical form, v1 writer (canonicalEvent, as UTF-8)", v1Us.toFixed(2), perSecond(v1Us)],
     ["SHA-256 of the canonical bytes (hex digest)", shaUs.toFixed(2), perSecond(shaUs)],
-    ["storedEventHash (v1 writer and SHA-256, as verify calls it)", hashUs.toFixed(2), perSecond(hashUs)],
+    ["storedEventHash (an event read through the driver: v1 writer and SHA-256)", hashUs.toFixed(2), perSecond(hashUs)],
+    ["StreamedEvent.hashAt (a streamed row's columns: as verifyChains hashes)", rowUs.toFixed(2), perSecond(rowUs)],
     [`events timed`, fmt.int(unhashed.length), ""],
   ];
 }
