@@ -320,10 +320,10 @@ async function readOnly(db: Database, concurrency: number): Promise<number> {
     events += 1;
   };
   await db.withSnapshot(async (snapshot) => {
-    await snapshot.forEachTenant((id, _tx, textRows) => streamEvents(textRows, id, undefined, count).then(() => {}), {
+    await snapshot.forEachTenant((id, _tx, copyRows) => streamEvents(copyRows, id, undefined, count).then(() => {}), {
       concurrency,
     });
-    await streamEvents(snapshot.textRows, null, undefined, count);
+    await streamEvents(snapshot.copyRows, null, undefined, count);
   });
   return events;
 }
@@ -369,8 +369,9 @@ async function profile(db: Database): Promise<string[][]> {
   const streamed: StreamedEvent[] = [];
   await db.withSnapshot(async (snapshot) => {
     const heads = await chainHeads(snapshot.tx);
-    await snapshot.forEachTenant(async (id, tx, textRows) => {
-      if (streamed.length < PROFILE_EVENTS) await streamEvents(textRows, id, undefined, (e) => streamed.push(e));
+    await snapshot.forEachTenant(async (id, tx, copyRows) => {
+      if (streamed.length < PROFILE_EVENTS)
+        await streamEvents(copyRows, id, undefined, (e) => streamed.push(e.detached()));
       for (const head of heads.filter((h) => h.tenantId === id)) {
         if (sample.length >= PROFILE_EVENTS) return;
         sample.push(...(await eventsAfter(tx, head, 0, PROFILE_EVENTS - sample.length)));

@@ -1,16 +1,8 @@
 import { sql } from "kysely";
-import type { TextRow, TextRows, Tx } from "../db/index.ts";
+import { type CopyRows, decodeCopyLine, type TextRow, type Tx } from "../db/index.ts";
 import { canonicalizeAt, type JsonObject } from "./canonical.ts";
-import {
-  type ActorKind,
-  chainedDigest,
-  isHash,
-  pairText,
-  type StoredEvent,
-  type Stream,
-  storedEventHash,
-  v1Text,
-} from "./event.ts";
+import { type ActorKind, type StoredEvent, type Stream, storedEventHash } from "./event.ts";
+import { COLUMN, COLUMN_COUNT, isNull, LONG_WAY, lineHash, plainColumns } from "./line-hash.ts";
 import "./schema.ts";
 
 export interface ChainHead {
@@ -135,16 +127,13 @@ export async function eventByHash(
 }
 
 /**
- * The columns of EventRow as text, in this order, for TextRows: the same values the driver parses for
- * `select` (uuid and text as they are, bigint and smallint as decimal, jsonb as JSON, uuid[] as an array
- * literal), read without a row object per event.
+ * The columns streamed for each event, in line-hash.ts's COLUMN order: each as its type's text output (uuid
+ * and text as they are, bigint and smallint as decimal, jsonb as jsonb prints it, uuid[] as an array
+ * literal, as the driver reads them for `select`), `at` to the microsecond in UTC.
  */
-const TEXT_COLUMNS =
-  "id::text, chain_id, seq::text, v::text, stream, actor_kind, actor_id::text, action, target_type, " +
-  "target_id::text, subject_ids::text, details::text, personal::text, request_id, cause_kind, cause_id::text, " +
-  `prev_hash, hash, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')`;
-const CHAIN = 1;
-const SEQ = 2;
+const STREAMED_COLUMNS =
+  "id, chain_id, seq, v, stream, actor_kind, actor_id, action, target_type, target_id, subject_ids, details, " +
+  `personal, request_id, cause_kind, cause_id, prev_hash, hash, to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')`;
 
 /**
  * A uuid[] literal as the driver parses it, for the only form a uuid array has: `{}` or unquoted elements
@@ -167,14 +156,14 @@ function bigint(text: string): number {
 }
 
 /**
- * A row of TEXT_COLUMNS as the event `select` gives for it, or undefined where the text is not in the form
- * this reads (then the event is read through the driver instead). Never a different event: a value it
+ * A row of STREAMED_COLUMNS as the event `select` gives for it, or undefined where the text is not in the
+ * form this reads (then the event is read through the driver instead). Never a different event: a value it
  * cannot take as the driver would is undefined, not guessed.
  */
 function textRowEvent(row: TextRow, tenantId: string | null): StoredEvent | undefined {
   const [id, chainId, seq, v, stream, actorKind, actorId, action, targetType, targetId, subjects] = row;
   const [details, personal, requestId, causeKind, causeId, prev, hash, at] = row.slice(11);
-  if (row.length !== 19 || seq == null || v == null || subjects == null || details == null) return undefined;
+  if (row.length !== COLUMN_COUNT || seq == null || v == null || subjects == null || details == null) return undefined;
   if (personal == null || at == null) return undefined;
   const subjectIds = uuidArray(subjects);
   if (subjectIds === undefined) return undefined;
@@ -199,109 +188,76 @@ function textRowEvent(row: TextRow, tenantId: string | null): StoredEvent | unde
   };
 }
 
-/** `{}` or the elements of a uuid[] literal that are all ids: written as the strings they are. */
-const ID_LIST = /^\{([0-9a-f-]+(?:,[0-9a-f-]+)*)\}$/;
-
-/** A string column as a member of the event: itself between quotes when nothing in it needs escaping. */
-const member = (value: string | null, path: string) => (value === null ? "null" : canonicalizeAt(value, path, 1));
-
-/** A jsonb column's text as a member: `{}` as it is, anything else parsed as the driver parses it. */
-const jsonMember = (text: string, path: string) => (text === "{}" ? "{}" : canonicalizeAt(JSON.parse(text), path, 1));
-
-/**
- * storedEventHash(textRowEvent(row), seq), written straight from the columns' text: no event object, the
- * string columns put between quotes as they are when they need no escaping, the subjects' ids joined as
- * they are. Every member's text is the one writeV1 gives for the same value (event.ts: v1Text writes the
- * shape for both; a property test holds the two paths equal); a row this does not take in that form goes
- * the long way. Undefined where the event cannot be hashed or read as the driver would read it.
- */
-/**
- * The hash rowHash gave last. The next row of a chain names it as its previous hash, so that one is known to
- * be 64 lower-case hex digits without testing the pattern again (a measurable share of the time per event).
- */
-let lastDigest = "";
-
-function rowHash(row: TextRow, tenantId: string | null, seq: number): string | undefined {
-  const prev = row[16] as string | null;
-  const subjects = row[10] as string | null;
-  const details = row[11] as string | null;
-  const personal = row[12] as string | null;
-  const at = row[18] as string | null;
-  if (row.length !== 19 || row[3] !== "1" || (prev !== lastDigest && !isHash(prev))) return longWay(row, tenantId, seq);
-  if (subjects === null || details === null || personal === null || at === null) return undefined;
-  const ids = subjects === "{}" ? "[]" : ID_LIST.exec(subjects)?.[1];
-  if (ids === undefined) return longWay(row, tenantId, seq);
-  const causeKind = row[14] as string | null;
-  const causeId = row[15] as string | null;
-  try {
-    const text = v1Text({
-      action: member(row[7] as string | null, "$.action"),
-      actor: pairText(
-        "id",
-        member(row[6] as string | null, "$.actor.id"),
-        "kind",
-        member(row[5] as string | null, "$.actor.kind"),
-      ),
-      at: member(atOf(at), "$.at"),
-      cause:
-        causeKind === null || causeId === null
-          ? "null"
-          : pairText("id", member(causeId, "$.cause.id"), "kind", member(causeKind, "$.cause.kind")),
-      chain: member(row[1] as string | null, "$.chain"),
-      details: jsonMember(details, "$.details"),
-      id: member(row[0] as string | null, "$.id"),
-      personal: jsonMember(personal, "$.personal"),
-      prev: `"${prev}"`,
-      request: member(row[13] as string | null, "$.request"),
-      seq: String(seq),
-      stream: member(row[4] as string | null, "$.stream"),
-      subjects: ids === "[]" ? ids : `["${ids.replaceAll(",", '","')}"]`,
-      target: pairText(
-        "id",
-        member(row[9] as string | null, "$.target.id"),
-        "type",
-        member(row[8] as string | null, "$.target.type"),
-      ),
-      tenant: member(tenantId, "$.tenant"),
-      v: "1",
-    });
-    lastDigest = chainedDigest(prev as string, text);
-    return lastDigest;
-  } catch {
-    // Outside the canonical form (a fraction in details): only an edit writes that.
-    return undefined;
+/** The tenant as the event's `tenant` member is written (its canonical text), kept for the tenant last asked. */
+let tenantText: { tenantId: string | null; text: Buffer } = { tenantId: null, text: Buffer.from("null") };
+function tenantMember(tenantId: string | null): Buffer {
+  if (tenantText.tenantId !== tenantId) {
+    tenantText = { tenantId, text: Buffer.from(canonicalizeAt(tenantId, "$.tenant", 1), "utf8") };
   }
+  return tenantText.text;
 }
 
-/** rowHash the long way: the event as the driver would give it, hashed as verification hashes events. */
-function longWay(row: TextRow, tenantId: string | null, seq: number): string | undefined {
-  try {
-    const event = textRowEvent(row, tenantId);
-    return event && storedEventHash(event, seq);
-  } catch {
-    // A column that does not parse (jsonb text that is not JSON) or a value outside the canonical form.
-    return undefined;
-  }
-}
-
-/** One row of the stream: where its event sits, its links, and the hash its columns give. */
+/**
+ * One row of the stream: where its event sits, its links, and the hash its columns give. It reads the
+ * line it was last given, which is the driver's buffer: use it only inside the callback it was handed to,
+ * or keep `detached()`. streamEvents hands every row of a stream to one StreamedEvent, moved on with
+ * `read` (a small typed array per row would cost more than hashing it).
+ */
 export class StreamedEvent {
-  readonly #row: TextRow;
+  #line: Buffer;
   readonly #tenantId: string | null;
-  readonly chainId: string;
-  readonly seq: number;
-  constructor(row: TextRow, tenantId: string | null) {
-    this.#row = row;
+  /** Where each column ends, when the line needs no decoding (line-hash.ts: plainColumns). */
+  readonly #ends = new Int32Array(COLUMN_COUNT);
+  #plain = false;
+  /** The columns decoded: for any other line, or once the long way needed them. */
+  #row: TextRow | undefined;
+  #chainId = "";
+  #seq = 0;
+  #prev: string | null = null;
+  #hash: string | null = null;
+  constructor(line: Buffer, tenantId: string | null) {
     this.#tenantId = tenantId;
-    this.chainId = row[CHAIN] as string;
-    this.seq = bigint(row[SEQ] as string);
+    this.#line = line;
+    this.read(line);
+  }
+  /** Moves this event to the next line of its stream. */
+  read(line: Buffer): this {
+    this.#line = line;
+    this.#row = undefined;
+    const ends = this.#ends;
+    this.#plain = plainColumns(line, ends);
+    if (this.#plain) {
+      const column = (c: number) =>
+        isNull(line, ends, c) ? null : line.toString("latin1", c === 0 ? 0 : (ends[c - 1] as number) + 1, ends[c]);
+      this.#chainId = column(COLUMN.chain) as string;
+      this.#seq = bigint(column(COLUMN.seq) as string);
+      this.#prev = column(COLUMN.prev);
+      this.#hash = column(COLUMN.hash);
+    } else {
+      const row = this.#decoded();
+      this.#chainId = row[COLUMN.chain] as string;
+      this.#seq = bigint(row[COLUMN.seq] as string);
+      this.#prev = row[COLUMN.prev] ?? null;
+      this.#hash = row[COLUMN.hash] ?? null;
+    }
+    return this;
+  }
+  get chainId(): string {
+    return this.#chainId;
+  }
+  get seq(): number {
+    return this.#seq;
   }
   /** The stored previous hash (null: a NULL where a hash belongs). */
   get prev(): string | null {
-    return this.#row[16] ?? null;
+    return this.#prev;
   }
   get hash(): string | null {
-    return this.#row[17] ?? null;
+    return this.#hash;
+  }
+  #decoded(): TextRow {
+    this.#row ??= decodeCopyLine(this.#line);
+    return this.#row;
   }
   /**
    * The hash this event's columns give at sequence `seq` (storedEventHash of the event the driver would
@@ -309,21 +265,36 @@ export class StreamedEvent {
    * through `eventAt` to know what it holds).
    */
   hashAt(seq: number): string | undefined {
-    return rowHash(this.#row, this.#tenantId, seq);
+    if (this.#plain) {
+      const hash = lineHash(this.#line, this.#ends, tenantMember(this.#tenantId), seq);
+      if (hash !== LONG_WAY) return hash;
+    }
+    try {
+      const event = this.event();
+      return event && storedEventHash(event, seq);
+    } catch {
+      // A column that does not parse (jsonb text that is not JSON) or a value outside the canonical form.
+      return undefined;
+    }
   }
   /** The event as the driver reads it; undefined when the row is not in a form this reads as the driver would. */
   event(): StoredEvent | undefined {
-    return textRowEvent(this.#row, this.#tenantId);
+    return textRowEvent(this.#decoded(), this.#tenantId);
+  }
+  /** The same event on a copy of its line: valid after the callback too. */
+  detached(): StreamedEvent {
+    return new StreamedEvent(Buffer.from(this.#line), this.#tenantId);
   }
 }
 
 /**
  * Every event of the tenant set on the transaction (tenantId), or of the platform's table (null), ordered
  * by chain and sequence, one at a time as the database sends them, in one statement: verification's read,
- * with no page boundaries and no row objects. `stream`: only chains of that stream (by chain id).
+ * with no page boundaries and no row objects. `stream`: only chains of that stream (by chain id). Each
+ * event is valid only inside `onEvent` (see StreamedEvent).
  */
 export function streamEvents(
-  textRows: TextRows,
+  copyRows: CopyRows,
   tenantId: string | null,
   stream: Stream | undefined,
   onEvent: (streamed: StreamedEvent) => void,
@@ -334,8 +305,11 @@ export function streamEvents(
       ? `FROM platform_audit_events e${stream === undefined ? "" : ` WHERE e.chain_id LIKE 'platform/${stream}/%'`}`
       : "FROM audit_events e WHERE e.tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid" +
         (stream === undefined ? "" : ` AND e.chain_id LIKE '%/${stream}'`);
-  // Qualified: unqualified, ORDER BY would take the text output column `seq` (10 before 2).
-  return textRows(`SELECT ${TEXT_COLUMNS} ${where} ORDER BY e.chain_id, e.seq`, (row) => {
-    onEvent(new StreamedEvent(row, tenantId));
+  // Qualified: unqualified, ORDER BY would take the text output column `seq`.
+  let event: StreamedEvent | undefined;
+  return copyRows(`SELECT ${STREAMED_COLUMNS} ${where} ORDER BY e.chain_id, e.seq`, (line) => {
+    if (event === undefined) event = new StreamedEvent(line, tenantId);
+    else event.read(line);
+    onEvent(event);
   });
 }

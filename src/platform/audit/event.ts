@@ -269,7 +269,7 @@ function hasExactly(value: Record<string, unknown>, size: number, has: (key: str
 }
 
 /** The text of an object of two members named `a` < `b` (plain names), given their values' canonical texts. */
-export const pairText = (a: string, aText: string, b: string, bText: string) => `{"${a}":${aText},"${b}":${bText}}`;
+const pairText = (a: string, aText: string, b: string, bText: string) => `{"${a}":${aText},"${b}":${bText}}`;
 
 /** `{ a, b }` (a < b) inside the event, the paths spelled out by the caller; anything else as canonicalize writes it. */
 function pair(value: unknown, path: string, a: string, pathA: string, b: string, pathB: string): string {
@@ -280,7 +280,7 @@ function pair(value: unknown, path: string, a: string, pathA: string, b: string,
 }
 
 /** The text of `subjects`: an array of strings written member by member, anything else as canonicalize writes it. */
-export function subjectsText(value: unknown): string {
+function subjectsText(value: unknown): string {
   if (!Array.isArray(value)) return canonicalizeAt(value, "$.subjects", 1);
   let text = "[";
   for (let i = 0; i < value.length; i++) {
@@ -325,10 +325,10 @@ function writeV1(e: Record<string, unknown>, seq: unknown): string {
 export type V1MemberTexts = Record<keyof AuditEvent, string>;
 
 /**
- * The version-1 text from its members' canonical texts, in the sorted order of their names: the one place
- * the shape is written, for events (writeV1) and for stored rows read as text (chains.ts).
+ * The version-1 text from its members' canonical texts, in the sorted order of their names (line-hash.ts
+ * writes the same shape from a stored row's bytes; a property test holds the two equal).
  */
-export function v1Text(m: V1MemberTexts): string {
+function v1Text(m: V1MemberTexts): string {
   return (
     `{"action":${m.action},"actor":${m.actor},"at":${m.at},"cause":${m.cause},"chain":${m.chain}` +
     `,"details":${m.details},"id":${m.id},"personal":${m.personal},"prev":${m.prev},"request":${m.request}` +
@@ -355,7 +355,7 @@ export function canonicalEvent(event: AuditEvent): string {
  * per-call hash object and the separate update of the previous hash cost more than the digest itself.
  */
 let scratch = Buffer.allocUnsafe(4096);
-export function chainedDigest(prev: string, text: string): string {
+function chainedDigest(prev: string, text: string): string {
   // A UTF-16 code unit takes at most 3 bytes of UTF-8, so the text always fits.
   const room = 32 + 3 * text.length;
   if (room > scratch.length) scratch = Buffer.allocUnsafe(Math.max(room, 2 * scratch.length));

@@ -101,10 +101,10 @@ describe.each(DATABASE_KINDS)("chain verification on %s", (kind) => {
     const streamed: StreamedEvent[] = [];
     const driver: (StoredEvent | undefined)[] = [];
     await t.db.withSnapshot((s) =>
-      s.forEachTenant(async (id, tx, textRows) => {
+      s.forEachTenant(async (id, tx, copyRows) => {
         if (id !== tenant.id) return;
-        await streamEvents(textRows, id, undefined, (e) => {
-          streamed.push(e);
+        await streamEvents(copyRows, id, undefined, (e) => {
+          streamed.push(e.detached());
         });
         for (const e of streamed) driver.push(await eventAt(tx, { chainId: e.chainId, tenantId: id }, e.seq));
       }),

@@ -1,4 +1,4 @@
-import type { Database, TextRows, Tx } from "../db/index.ts";
+import type { CopyRows, Database, Tx } from "../db/index.ts";
 import { isUuid } from "../ids.ts";
 import {
   type ChainHead,
@@ -208,7 +208,7 @@ interface Pass {
  * events but no head, with their first sequence. A chain left out of `clean` must go through verifyChain;
  * anything unusual (an event the stream cannot read as the driver would, any check failing) leaves it out.
  */
-async function streamPass(textRows: TextRows, owner: string | null, stream: Stream | undefined, heads: ChainHead[]) {
+async function streamPass(copyRows: CopyRows, owner: string | null, stream: Stream | undefined, heads: ChainHead[]) {
   const byChain = new Map(heads.map((head) => [head.chainId, head]));
   const clean = new Map<string, number>();
   const headless: { chainId: string; first: number }[] = [];
@@ -236,7 +236,7 @@ async function streamPass(textRows: TextRows, owner: string | null, stream: Stre
     p.expected += 1;
   };
 
-  await streamEvents(textRows, owner, stream, (streamed) => {
+  await streamEvents(copyRows, owner, stream, (streamed) => {
     const { chainId } = streamed;
     if (pass?.head.chainId === chainId) {
       if (pass.clean) check(pass, streamed);
@@ -278,8 +278,8 @@ export async function verifyChains(db: Database, options: VerifyOptions = {}): P
   const tenant = tenantId?.toLowerCase();
   const report: VerifyReport = { failures: [], checked: { chains: 0, events: 0 } };
 
-  async function visit(tx: Tx, textRows: TextRows, owner: string | null, heads: ChainHead[]) {
-    const { clean, headless } = await streamPass(textRows, owner, stream, heads);
+  async function visit(tx: Tx, copyRows: CopyRows, owner: string | null, heads: ChainHead[]) {
+    const { clean, headless } = await streamPass(copyRows, owner, stream, heads);
     for (const head of heads) {
       report.checked.chains += 1;
       const events = clean.get(head.chainId);
@@ -309,13 +309,13 @@ export async function verifyChains(db: Database, options: VerifyOptions = {}): P
       else byTenant.set(head.tenantId, [head]);
     }
     await snapshot.forEachTenant(
-      async (id, tx, textRows) => {
+      async (id, tx, copyRows) => {
         if (tenant !== undefined && id !== tenant) return;
-        await visit(tx, textRows, id, byTenant.get(id) ?? []);
+        await visit(tx, copyRows, id, byTenant.get(id) ?? []);
       },
       { concurrency: VERIFY_CONCURRENCY },
     );
-    if (tenant === undefined) await visit(snapshot.tx, snapshot.textRows, null, byTenant.get(null) ?? []);
+    if (tenant === undefined) await visit(snapshot.tx, snapshot.copyRows, null, byTenant.get(null) ?? []);
   });
   report.failures.sort((a, b) => (a.chainId < b.chainId ? -1 : a.chainId > b.chainId ? 1 : a.sequence - b.sequence));
   return report;

@@ -453,7 +453,7 @@ function countingEngine(): { engine: Engine; transactions: () => number } {
         query: async () => {
           throw new Error("no SQL expected");
         },
-        textRows: async () => {
+        copyRows: async () => {
           throw new Error("no SQL expected");
         },
       });

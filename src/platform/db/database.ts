@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { sql } from "kysely";
 import { isUuid } from "../ids.ts";
-import type { Engine, TextRow, TransactionRunner, TransactionSetup } from "./engines.ts";
+import type { Engine, TransactionRunner, TransactionSetup } from "./engines.ts";
 import { bindTransaction, type Tx } from "./kysely.ts";
 import { type MigrationFile, migrate, pendingMigrations, readMigrations } from "./migrate.ts";
 import { assertRuntimeRoleSafe } from "./runtime-role.ts";
@@ -20,32 +20,31 @@ export interface PlatformContext {
   requestId?: string;
 }
 
-export type { TextRow };
-
 /**
- * Streams the rows of one SELECT whose columns are all text, in the transaction it belongs to, to `onRow`
- * as they arrive, never holding them all: for reads too long for pages of objects (audit verification).
- * The statement takes no parameters and is sent as it is: it must not contain outside text (tenant-scoped
- * reads filter by row-level security, or by current_setting('app.tenant_id')). Returns the number of rows.
+ * Streams the rows of one SELECT, in the transaction it belongs to, to `onLine` as they arrive, never
+ * holding them all: for reads too long for pages of objects (audit verification). Each row is the line
+ * COPY's text format gives it (copy-text.ts), valid only until `onLine` returns. The statement takes no
+ * parameters and is sent as it is: it must not contain outside text (tenant-scoped reads filter by
+ * row-level security, or by current_setting('app.tenant_id')). Returns the number of rows.
  */
-export type TextRows = (sql: string, onRow: (row: TextRow) => void) => Promise<number>;
+export type CopyRows = (sql: string, onLine: (line: Buffer) => void) => Promise<number>;
 
 /** One read-only REPEATABLE READ view over every tenant and the platform tables. */
 export interface Snapshot {
   /** The platform view: tenant tables show no rows here. */
   tx: Tx;
-  /** TextRows in the platform view. */
-  textRows: TextRows;
+  /** CopyRows in the platform view. */
+  copyRows: CopyRows;
   tenantIds(): Promise<string[]>;
   /**
-   * Visits each tenant inside the same snapshot, with that tenant set, and `textRows` reading in that
+   * Visits each tenant inside the same snapshot, with that tenant set, and `copyRows` reading in that
    * tenant's view. With `concurrency` above one, up to that many tenants are visited at once on PostgreSQL,
    * each in a transaction of its own that imports this one's snapshot (so every visit still sees the same
    * state), while the database reads one tenant and Node works on another; PGlite visits one at a time.
    * The first error stops the visits not yet started and is thrown once the running ones end.
    */
   forEachTenant(
-    fn: (tenantId: string, tx: Tx, textRows: TextRows) => Promise<void>,
+    fn: (tenantId: string, tx: Tx, copyRows: CopyRows) => Promise<void>,
     options?: { concurrency?: number },
   ): Promise<void>;
 }
@@ -121,10 +120,10 @@ export interface DatabaseOptions {
   migrations?: MigrationFile[];
 }
 
-const textRowsOf =
-  (runner: TransactionRunner): TextRows =>
-  (sql, onRow) =>
-    runner.textRows(sql, onRow);
+const copyRowsOf =
+  (runner: TransactionRunner): CopyRows =>
+  (sql, onLine) =>
+    runner.copyRows(sql, onLine);
 
 /** Wraps an engine with the tenancy rules: context per transaction, no nesting, failure records. */
 export function createDatabase(engine: Engine, options: DatabaseOptions = {}): Database {
@@ -235,10 +234,10 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
         /** Visits tenants from `queue` one after another on one transaction, until the queue or `state` says stop. */
         async function lane(
           on: Tx,
-          rows: TextRows,
+          rows: CopyRows,
           queue: string[],
           state: { error?: unknown },
-          visit: (tenantId: string, tx: Tx, textRows: TextRows) => Promise<void>,
+          visit: (tenantId: string, tx: Tx, copyRows: CopyRows) => Promise<void>,
         ) {
           for (let id = queue.shift(); id !== undefined && !("error" in state); id = queue.shift()) {
             try {
@@ -252,20 +251,20 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
 
         return fn({
           tx,
-          textRows: textRowsOf(runner),
+          copyRows: copyRowsOf(runner),
           tenantIds,
           async forEachTenant(visit, options = {}) {
             const queue = await tenantIds();
             const state: { error?: unknown } = {};
             const extra = Math.max(0, Math.min(options.concurrency ?? 1, engine.connections, queue.length) - 1);
-            const lanes = [lane(tx, textRowsOf(runner), queue, state, visit)];
+            const lanes = [lane(tx, copyRowsOf(runner), queue, state, visit)];
             if (extra > 0) {
               const exported = await sql<{ id: string }>`SELECT pg_export_snapshot() AS id`.execute(tx);
               const importSnapshot = exported.rows[0]?.id as string;
               for (let i = 0; i < extra; i++) {
                 lanes.push(
                   run("snapshot", { ...view, importSnapshot }, (laneTx, laneRunner) =>
-                    lane(laneTx, textRowsOf(laneRunner), queue, state, visit),
+                    lane(laneTx, copyRowsOf(laneRunner), queue, state, visit),
                   ).catch((error: unknown) => {
                     if (!("error" in state)) state.error = error;
                   }),

@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
+import { encodeCopyLine, type TextRow } from "./copy-text.ts";
 import { acquireDataDirLock } from "./lock.ts";
 import type { OwnerSession } from "./migrate.ts";
 import { queryWithPrefix } from "./one-shot.ts";
@@ -20,19 +21,19 @@ export interface TransactionSetup {
   importSnapshot?: string;
 }
 
-/** One row of TransactionRunner.textRows: each column's text, null for NULL. */
-export type TextRow = (string | null)[];
-
 /** What a transaction's callback is handed: statements, and a stream of rows for long reads. */
 export interface TransactionRunner extends QueryRunner {
   /**
-   * Streams the rows of one SELECT whose columns are all text, in its order, to `onRow` as they arrive,
-   * without holding them: COPY … TO STDOUT on PostgreSQL (no per-row messages, objects or type parsing:
-   * several times cheaper than a result set), a cursor read in pages on PGlite. The statement takes no
-   * parameters and is sent as it is, so it must not contain outside text. An error thrown by `onRow` ends
-   * the read with that error once the statement has finished. Returns the number of rows.
+   * Streams the rows of one SELECT, in its order, to `onLine` as they arrive, without holding them: each row
+   * as the line COPY's text format gives it, its newline included (copy-text.ts), every column as its
+   * type's text output.
+   * COPY … TO STDOUT on PostgreSQL (one message per row, no objects or type parsing: several times cheaper
+   * than a result set), a cursor read in pages on PGlite, its rows written as the same lines. A line is the
+   * driver's buffer: it is valid only until `onLine` returns (copy what must outlive the call). The
+   * statement takes no parameters and is sent as it is, so it must not contain outside text. An error thrown
+   * by `onLine` ends the read with that error once the statement has finished. Returns the number of rows.
    */
-  textRows(sql: string, onRow: (row: TextRow) => void): Promise<number>;
+  copyRows(sql: string, onLine: (line: Buffer) => void): Promise<number>;
 }
 
 /** The driver-specific half of the database: transactions, the owner session and shutdown. */
@@ -90,21 +91,6 @@ const WRITE_COMMANDS = new Set(["INSERT", "UPDATE", "DELETE", "MERGE"]);
 
 const SNAPSHOT_ID = /^[0-9A-F]+-[0-9A-F]+-[0-9]+$/i;
 
-/** COPY's text format escapes these after a backslash (the delimiter and line ends among them). */
-const COPY_ESCAPES: Readonly<Record<string, string>> = { b: "\b", f: "\f", n: "\n", r: "\r", t: "\t", v: "\v" };
-const COPY_ESCAPE = /\\(.)/gs;
-
-/** One line of COPY's text format (without its newline) as its columns. */
-function copyTextRow(line: string): TextRow {
-  const fields: TextRow = line.split("\t");
-  for (let i = 0; i < fields.length; i++) {
-    const field = fields[i] as string;
-    if (field === "\\N") fields[i] = null;
-    else if (field.includes("\\")) fields[i] = field.replace(COPY_ESCAPE, (_, c: string) => COPY_ESCAPES[c] ?? c);
-  }
-  return fields;
-}
-
 /**
  * COPY … TO STDOUT as a pg query: the server sends one CopyData message per row, handed here one by one.
  * A subclass of pg's own Query, so that a pipelined client accepts it (it refuses other custom queries).
@@ -112,10 +98,10 @@ function copyTextRow(line: string): TextRow {
 class CopyOut extends pg.Query {
   // Not `rows`: pg.Query reads that as the portal's page size.
   #count = 0;
-  readonly #onRow: (row: TextRow) => void;
-  constructor(text: string, onRow: (row: TextRow) => void, callback: (error: Error | undefined) => void) {
+  readonly #onLine: (line: Buffer) => void;
+  constructor(text: string, onLine: (line: Buffer) => void, callback: (error: Error | undefined) => void) {
     super({ text }, undefined, callback);
-    this.#onRow = onRow;
+    this.#onLine = onLine;
   }
   get count(): number {
     return this.#count;
@@ -124,9 +110,8 @@ class CopyOut extends pg.Query {
     const self = this as unknown as { _canceledDueToError?: unknown };
     if (self._canceledDueToError) return;
     try {
-      const { chunk } = message;
       this.#count += 1;
-      this.#onRow(copyTextRow(chunk.toString("utf8", 0, chunk.length - 1)));
+      this.#onLine(message.chunk);
     } catch (error) {
       // pg reports it instead of the statement's result once the server is ready again.
       self._canceledDueToError = error;
@@ -181,9 +166,9 @@ export function postgresEngine(options: {
           affectedRows: WRITE_COMMANDS.has(result.command) ? (result.rowCount ?? undefined) : undefined,
         };
       },
-      textRows: (sql, onRow) =>
+      copyRows: (sql, onLine) =>
         new Promise((resolve, reject) => {
-          const copy = new CopyOut(`COPY (${sql}) TO STDOUT`, onRow, (error) =>
+          const copy = new CopyOut(`COPY (${sql}) TO STDOUT`, onLine, (error) =>
             error ? reject(error) : resolve(copy.count),
           );
           client.query(copy);
@@ -272,8 +257,11 @@ export function postgresEngine(options: {
   };
 }
 
-const TEXT_OID = 25;
-const TEXT_ROWS_PAGE = 1_000;
+const COPY_ROWS_PAGE = 1_000;
+
+/** Parsers that leave every column as the text PostgreSQL sent: the type parsers PGlite has, each replaced. */
+const asSentText = (pglite: PGlite) =>
+  Object.fromEntries(Object.keys(pglite.parsers).map((oid) => [oid, (text: string) => text]));
 
 export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
   // Set once afterMigrate dropped the session to the runtime role: a later owner session must climb back.
@@ -293,23 +281,23 @@ export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
             const result = await tx.query(sql, params as unknown[]);
             return { rows: result.rows as never[], affectedRows: result.affectedRows };
           },
-          async textRows(sql, onRow) {
+          async copyRows(sql, onLine) {
             // In process there is no transfer to save: a cursor keeps memory bounded, a page at a time.
-            const cursor = `charter_text_rows_${++cursors}`;
+            const cursor = `charter_copy_rows_${++cursors}`;
             await tx.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR ${sql}`);
+            const parsers = asSentText(pglite);
             let rows = 0;
             try {
               for (;;) {
-                const page = await tx.query<TextRow>(`FETCH ${TEXT_ROWS_PAGE} FROM ${cursor}`, [], {
+                const page = await tx.query<TextRow>(`FETCH ${COPY_ROWS_PAGE} FROM ${cursor}`, [], {
                   rowMode: "array",
+                  parsers,
                 });
-                if (page.fields.some((f) => f.dataTypeID !== TEXT_OID))
-                  throw new TypeError("textRows reads text columns only");
                 for (const row of page.rows) {
                   rows += 1;
-                  onRow(row);
+                  onLine(encodeCopyLine(row));
                 }
-                if (page.rows.length < TEXT_ROWS_PAGE) break;
+                if (page.rows.length < COPY_ROWS_PAGE) break;
               }
             } finally {
               await tx.query(`CLOSE ${cursor}`).catch(() => {});

@@ -1,13 +1,6 @@
 export { CHARTER_SCHEMAS, catalogViolations, relationName } from "./catalog.ts";
-export type {
-  Database,
-  FailureRecord,
-  PlatformContext,
-  Snapshot,
-  TenantContext,
-  TextRow,
-  TextRows,
-} from "./database.ts";
+export { decodeCopyLine, encodeCopyLine, type TextRow } from "./copy-text.ts";
+export type { CopyRows, Database, FailureRecord, PlatformContext, Snapshot, TenantContext } from "./database.ts";
 export { createDatabase, NestedTransactionError, openDatabase } from "./database.ts";
 export type { Tx } from "./kysely.ts";
 export { DataDirLocked } from "./lock.ts";
