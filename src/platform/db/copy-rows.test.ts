@@ -1,4 +1,5 @@
 import fc from "fast-check";
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "../../../test/support/databases.ts";
 import { createTestAudit } from "../audit/testing.ts";
@@ -8,6 +9,8 @@ import { uuidv7 } from "../ids.ts";
 import { createTenant } from "../tenancy/tenants.ts";
 import { createTestTenant } from "../tenancy/testing.ts";
 import { decodeCopyLine, encodeCopyLine, type TextRow } from "./copy-text.ts";
+import type { CopyRows } from "./database.ts";
+import type { Tx } from "./kysely.ts";
 
 const slug = () => `r-${uuidv7().slice(-12)}`;
 
@@ -146,6 +149,40 @@ describe.each(DATABASE_KINDS)("copyRows on %s", (kind) => {
     } else {
       expect([most, sessions.size]).toEqual([1, 1]);
     }
+  });
+
+  it("runs every statement of a visit in its tenant, whichever comes first, even several at once", async () => {
+    const seen: [string, string][] = [];
+    const tenantOf = (tx: Tx) =>
+      sql<{ t: string }>`SELECT current_setting('app.tenant_id', true) AS t`.execute(tx).then((r) => r.rows[0]?.t);
+    const copied = (copyRows: CopyRows) => {
+      let tenant = "";
+      return copyRows("SELECT current_setting('app.tenant_id', true)", (line) => {
+        tenant = decodeCopyLine(line)[0] as string;
+      }).then(() => tenant);
+    };
+    let visits = 0;
+    await t.db.withSnapshot(async (s) => {
+      await s.forEachTenant(
+        async (id, tx, copyRows) => {
+          // In turn: a statement first, a copy first, both at once, and nothing at all (the next visit must
+          // still be switched to its own tenant).
+          const turn = visits++ % 4;
+          if (turn === 0) seen.push([id, (await tenantOf(tx)) as string], [id, await copied(copyRows)]);
+          if (turn === 1) seen.push([id, await copied(copyRows)], [id, (await tenantOf(tx)) as string]);
+          if (turn === 2) {
+            const both = await Promise.all([tenantOf(tx), copied(copyRows), tenantOf(tx)]);
+            for (const tenant of both) seen.push([id, tenant as string]);
+          }
+        },
+        { concurrency: 3 },
+      );
+      // Back in the platform view afterwards.
+      expect(await tenantOf(s.tx)).toBe("");
+    });
+    expect(visits).toBeGreaterThanOrEqual(tenants.length);
+    expect(seen.length).toBeGreaterThan(0);
+    for (const [id, tenant] of seen) expect(tenant).toBe(id);
   });
 
   it("throws a visit's error after the visits under way, and starts no more", async () => {

@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { sql } from "kysely";
 import { isUuid } from "../ids.ts";
-import type { Engine, TransactionRunner, TransactionSetup } from "./engines.ts";
+import { type Engine, SWITCH_TENANT_SQL, type TransactionRunner, type TransactionSetup } from "./engines.ts";
 import { bindTransaction, type Tx } from "./kysely.ts";
 import { type MigrationFile, migrate, pendingMigrations, readMigrations } from "./migrate.ts";
 import { assertRuntimeRoleSafe } from "./runtime-role.ts";
@@ -227,25 +227,49 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
       refuseNesting("withSnapshot");
       const view = { tenantId: "", actorId: "", requestId: "", snapshot: true };
       return run("snapshot", view, async (tx, runner) => {
-        const setTenant = (on: Tx, id: string) => sql`SELECT set_config('app.tenant_id', ${id}, true)`.execute(on);
         const tenantIds = async () =>
           (await tx.selectFrom("tenants").select("id").orderBy("id").execute()).map((row) => row.id);
 
-        /** Visits tenants from `queue` one after another on one transaction, until the queue or `state` says stop. */
+        /**
+         * Visits tenants from `queue` one after another on one transaction, until the queue or `state` says
+         * stop. Each tenant is switched to with the visit's first statement (in the same round trip when it
+         * is a copyRows): every statement of a visit is queued after its tenant's switch, and the visit
+         * before has ended by then.
+         */
         async function lane(
-          on: Tx,
-          rows: CopyRows,
+          on: TransactionRunner,
           queue: string[],
           state: { error?: unknown },
           visit: (tenantId: string, tx: Tx, copyRows: CopyRows) => Promise<void>,
         ) {
-          for (let id = queue.shift(); id !== undefined && !("error" in state); id = queue.shift()) {
-            try {
-              await setTenant(on, id);
-              await visit(id, on, rows);
-            } catch (error) {
-              if (!("error" in state)) state.error = error;
+          let pending: string | undefined;
+          const take = () => {
+            const id = pending;
+            pending = undefined;
+            return id;
+          };
+          const gated: TransactionRunner = {
+            query: async <Row>(text: string, params?: readonly unknown[]) => {
+              const id = take();
+              if (id === undefined) return on.query<Row>(text, params);
+              // Queued before the statement, on the same session: it runs first.
+              const [, result] = await Promise.all([on.query(SWITCH_TENANT_SQL, [id]), on.query<Row>(text, params)]);
+              return result;
+            },
+            copyRows: (text, onLine) => on.copyRows(text, onLine, take()),
+          };
+          const bound = bindTransaction(gated);
+          try {
+            for (let id = queue.shift(); id !== undefined && !("error" in state); id = queue.shift()) {
+              pending = id;
+              try {
+                await visit(id, bound.tx, copyRowsOf(gated));
+              } catch (error) {
+                if (!("error" in state)) state.error = error;
+              }
             }
+          } finally {
+            bound.end();
           }
         }
 
@@ -257,14 +281,14 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
             const queue = await tenantIds();
             const state: { error?: unknown } = {};
             const extra = Math.max(0, Math.min(options.concurrency ?? 1, engine.connections, queue.length) - 1);
-            const lanes = [lane(tx, copyRowsOf(runner), queue, state, visit)];
+            const lanes = [lane(runner, queue, state, visit)];
             if (extra > 0) {
               const exported = await sql<{ id: string }>`SELECT pg_export_snapshot() AS id`.execute(tx);
               const importSnapshot = exported.rows[0]?.id as string;
               for (let i = 0; i < extra; i++) {
                 lanes.push(
-                  run("snapshot", { ...view, importSnapshot }, (laneTx, laneRunner) =>
-                    lane(laneTx, copyRowsOf(laneRunner), queue, state, visit),
+                  run("snapshot", { ...view, importSnapshot }, (_laneTx, laneRunner) =>
+                    lane(laneRunner, queue, state, visit),
                   ).catch((error: unknown) => {
                     if (!("error" in state)) state.error = error;
                   }),
@@ -274,7 +298,7 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
             await Promise.all(lanes);
             // Back to the platform view for the caller, without hiding a visit's error behind the reset's own
             // failure in an aborted transaction.
-            const reset = setTenant(tx, "");
+            const reset = runner.query(SWITCH_TENANT_SQL, [""]);
             if ("error" in state) {
               await reset.catch(() => {});
               throw state.error;

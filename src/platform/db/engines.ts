@@ -2,6 +2,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { PGlite } from "@electric-sql/pglite";
 import pg from "pg";
+import { isUuid } from "../ids.ts";
 import { encodeCopyLine, type TextRow } from "./copy-text.ts";
 import { acquireDataDirLock } from "./lock.ts";
 import type { OwnerSession } from "./migrate.ts";
@@ -32,8 +33,10 @@ export interface TransactionRunner extends QueryRunner {
    * driver's buffer: it is valid only until `onLine` returns (copy what must outlive the call). The
    * statement takes no parameters and is sent as it is, so it must not contain outside text. An error thrown
    * by `onLine` ends the read with that error once the statement has finished. Returns the number of rows.
+   * With `switchTenant`, the transaction's `app.tenant_id` is set to that tenant first, in the same round
+   * trip on PostgreSQL (one message, run in order: the statement never runs before the switch).
    */
-  copyRows(sql: string, onLine: (line: Buffer) => void): Promise<number>;
+  copyRows(sql: string, onLine: (line: Buffer) => void, switchTenant?: string): Promise<number>;
 }
 
 /** The driver-specific half of the database: transactions, the owner session and shutdown. */
@@ -64,6 +67,15 @@ export const SETUP_SQL = `SELECT set_config('role', '${APP_ROLE}', true), set_co
 const setupParams = (s: Omit<TransactionSetup, "snapshot">) => [s.tenantId, s.actorId, s.requestId];
 
 const NO_CONTEXT: Omit<TransactionSetup, "snapshot"> = { tenantId: "", actorId: "", requestId: "" };
+
+/** Switches the open transaction to another tenant: `$1` is the tenant's id. */
+export const SWITCH_TENANT_SQL = "SELECT set_config('app.tenant_id', $1, true)";
+
+/** SWITCH_TENANT_SQL as a literal statement, for a message of several; the id must be a UUID (it is checked). */
+function switchTenantLiteral(tenantId: string): string {
+  if (!isUuid(tenantId)) throw new TypeError(`tenantId must be a UUID, got "${tenantId}"`);
+  return SWITCH_TENANT_SQL.replace("$1", `'${tenantId}'`);
+}
 
 /**
  * SETUP_SQL with no tenant, actor or request, as a literal statement: the simple protocol that runs a script
@@ -166,11 +178,11 @@ export function postgresEngine(options: {
           affectedRows: WRITE_COMMANDS.has(result.command) ? (result.rowCount ?? undefined) : undefined,
         };
       },
-      copyRows: (sql, onLine) =>
+      copyRows: (sql, onLine, switchTenant) =>
         new Promise((resolve, reject) => {
-          const copy = new CopyOut(`COPY (${sql}) TO STDOUT`, onLine, (error) =>
-            error ? reject(error) : resolve(copy.count),
-          );
+          const copySql = `COPY (${sql}) TO STDOUT`;
+          const text = switchTenant === undefined ? copySql : `${switchTenantLiteral(switchTenant)}; ${copySql}`;
+          const copy = new CopyOut(text, onLine, (error) => (error ? reject(error) : resolve(copy.count)));
           client.query(copy);
         }),
     };
@@ -281,7 +293,8 @@ export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
             const result = await tx.query(sql, params as unknown[]);
             return { rows: result.rows as never[], affectedRows: result.affectedRows };
           },
-          async copyRows(sql, onLine) {
+          async copyRows(sql, onLine, switchTenant) {
+            if (switchTenant !== undefined) await tx.query(SWITCH_TENANT_SQL, [switchTenant]);
             // In process there is no transfer to save: a cursor keeps memory bounded, a page at a time.
             const cursor = `charter_copy_rows_${++cursors}`;
             await tx.query(`DECLARE ${cursor} NO SCROLL CURSOR FOR ${sql}`);
