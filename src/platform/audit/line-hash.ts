@@ -122,17 +122,24 @@ const TEXT = {
   null: latin1("null"),
 };
 
+// The loops copy through locals: the module's `out` and `pos` would be loaded and stored at every byte.
 function put(bytes: Uint8Array): void {
-  for (let i = 0; i < bytes.length; i++) out[pos++] = bytes[i] as number;
+  const buffer = out;
+  let at = pos;
+  for (let i = 0; i < bytes.length; i++) buffer[at++] = bytes[i] as number;
+  pos = at;
 }
 
 /** Bytes `from`…`to` of the line as they are, none of them a quote or a control character. */
 function plain(line: Buffer, from: number, to: number): boolean {
+  const buffer = out;
+  let at = pos;
   for (let i = from; i < to; i++) {
     const byte = line[i] as number;
     if (byte === QUOTE || byte < SPACE) return false;
-    out[pos++] = byte;
+    buffer[at++] = byte;
   }
+  pos = at;
   return true;
 }
 

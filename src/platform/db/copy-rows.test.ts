@@ -201,6 +201,30 @@ describe.each(DATABASE_KINDS)("copyRows on %s", (kind) => {
     expect(visited.length).toBeLessThanOrEqual(2);
   });
 
+  it("plans without bitmap scans in every transaction of a snapshot that asks for index-order reads", async () => {
+    const setting = (copyRows: CopyRows) => {
+      let value = "";
+      return copyRows("SELECT current_setting('enable_bitmapscan')", (line) => {
+        value = String(line).trim();
+      }).then(() => value);
+    };
+    const seen: string[] = [];
+    await t.db.withSnapshot(
+      async (s) => {
+        seen.push(await setting(s.copyRows));
+        await s.forEachTenant(
+          async (_id, _tx, copyRows) => {
+            seen.push(await setting(copyRows));
+          },
+          { concurrency: 3 },
+        );
+      },
+      { indexOrderReads: true },
+    );
+    expect(new Set(seen)).toEqual(new Set(["off"]));
+    expect(await t.db.withSnapshot((s) => setting(s.copyRows))).toBe("on");
+  });
+
   if (kind === "postgres") {
     it("the transactions visiting at once share the snapshot: a tenant committed meanwhile is seen by none", async () => {
       const other = await t.open({ migrate: false });

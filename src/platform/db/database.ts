@@ -78,7 +78,8 @@ export interface Database {
    */
   selectAsTenant<R>(ctx: TenantContext, build: (q: Tx) => SelectQuery<R>): Promise<R[]>;
   withPlatform<T>(fn: (tx: Tx) => Promise<T>, ctx?: PlatformContext): Promise<T>;
-  withSnapshot<T>(fn: (snapshot: Snapshot) => Promise<T>): Promise<T>;
+  /** `indexOrderReads`: see TransactionSetup (for reads that stream tables in an index's order). */
+  withSnapshot<T>(fn: (snapshot: Snapshot) => Promise<T>, options?: { indexOrderReads?: boolean }): Promise<T>;
   /**
    * Registers something to write even though the current transaction fails (a denial, a failed sign-in):
    * it runs in its own short platform transaction after the rollback. Outside a transaction it throws.
@@ -223,9 +224,15 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
         fn,
       );
     },
-    async withSnapshot(fn) {
+    async withSnapshot(fn, options = {}) {
       refuseNesting("withSnapshot");
-      const view = { tenantId: "", actorId: "", requestId: "", snapshot: true };
+      const view = {
+        tenantId: "",
+        actorId: "",
+        requestId: "",
+        snapshot: true,
+        indexOrderReads: options.indexOrderReads,
+      };
       return run("snapshot", view, async (tx, runner) => {
         const tenantIds = async () =>
           (await tx.selectFrom("tenants").select("id").orderBy("id").execute()).map((row) => row.id);

@@ -18,6 +18,12 @@ export interface TransactionSetup {
   requestId: string;
   /** A read-only REPEATABLE READ transaction (backups, full exports). */
   snapshot: boolean;
+  /**
+   * With `snapshot`: plan without bitmap scans, so that a read ordered as an index is (a tenant's audit events
+   * by chain and sequence) streams through that index instead of a bitmap scan and a sort, which the
+   * planner's estimate of a tenant's share often picks and which costs the database a third more per row.
+   */
+  indexOrderReads?: boolean;
   /** With `snapshot`: see exactly the snapshot another open transaction exported (PostgreSQL only). */
   importSnapshot?: string;
 }
@@ -67,6 +73,9 @@ export const SETUP_SQL = `SELECT set_config('role', '${APP_ROLE}', true), set_co
 const setupParams = (s: Omit<TransactionSetup, "snapshot">) => [s.tenantId, s.actorId, s.requestId];
 
 const NO_CONTEXT: Omit<TransactionSetup, "snapshot"> = { tenantId: "", actorId: "", requestId: "" };
+
+/** TransactionSetup.indexOrderReads, for the transaction only. */
+const INDEX_ORDER_READS_SQL = "SET LOCAL enable_bitmapscan = off";
 
 /** Switches the open transaction to another tenant: `$1` is the tenant's id. */
 export const SWITCH_TENANT_SQL = "SELECT set_config('app.tenant_id', $1, true)";
@@ -163,6 +172,7 @@ export function postgresEngine(options: {
       // Before any other statement of the transaction, as PostgreSQL requires.
       ...(importSnapshot === undefined ? [] : [client.query(`SET TRANSACTION SNAPSHOT '${importSnapshot}'`)]),
       client.query(SETUP_SQL, setupParams(setup)),
+      ...(setup.indexOrderReads ? [client.query(INDEX_ORDER_READS_SQL)] : []),
     ];
     const ready = Promise.all(statements).then(
       () => undefined,
@@ -287,6 +297,7 @@ export function pgliteEngineFrom(pglite: PGlite, onClose: () => void): Engine {
       return pglite.transaction(async (tx) => {
         if (setup.snapshot) await tx.exec("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
         await tx.query(SETUP_SQL, setupParams(setup));
+        if (setup.indexOrderReads) await tx.exec(INDEX_ORDER_READS_SQL);
         let cursors = 0;
         return fn({
           query: async (sql, params) => {
