@@ -47,6 +47,18 @@ export async function postgresReachable(adminUrl: string): Promise<string | unde
 }
 
 /**
+ * Brings the PostgreSQL benchmark database to rest after a bulk fill, as the server's superuser: VACUUM
+ * (ANALYZE) of every table (visibility map and statistics current, as pgbench vacuums before it measures)
+ * and a CHECKPOINT, so that a read measured next pays neither for setting every row's hint bits nor beside
+ * the checkpointer writing the fill out.
+ */
+export async function settleBenchDatabase(target: BenchTarget & { kind: "postgres" }): Promise<void> {
+  const url = databaseUrl(target.adminUrl, target.database);
+  await asAdmin(url, "VACUUM (ANALYZE)");
+  await asAdmin(url, "CHECKPOINT");
+}
+
+/**
  * Creates a fresh, migrated Charter database for `target` (a previous one of that name is dropped), then
  * runs `ownerStatements` one by one as charter_owner, as a migration would. Returns each statement's time in ms.
  */
