@@ -148,6 +148,23 @@ function uuidArray(text: string): (string | null)[] | undefined {
   return inner.split(",").map((item) => (item === "NULL" ? null : item));
 }
 
+/**
+ * A column of 1 to 15 decimal digits (always a safe integer) as its number, read where it lies; 0 for
+ * anything else (then the caller reads it as text).
+ */
+function digits(line: Buffer, ends: Int32Array, column: number): number {
+  const from = column === 0 ? 0 : (ends[column - 1] as number) + 1;
+  const to = ends[column] as number;
+  if (to - from < 1 || to - from > 15) return 0;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const digit = (line[i] as number) - 48;
+    if (digit < 0 || digit > 9) return 0;
+    n = n * 10 + digit;
+  }
+  return n;
+}
+
 /** BIGINT text as the driver reads it (engines.ts): a number, refused beyond the safe range. */
 function bigint(text: string): number {
   const n = Number(text);
@@ -211,10 +228,7 @@ export class StreamedEvent {
   #plain = false;
   /** The columns decoded: for any other line, or once the long way needed them. */
   #row: TextRow | undefined;
-  #chainId = "";
   #seq = 0;
-  #prev: string | null = null;
-  #hash: string | null = null;
   constructor(line: Buffer, tenantId: string | null) {
     this.#tenantId = tenantId;
     this.#line = line;
@@ -224,36 +238,50 @@ export class StreamedEvent {
   read(line: Buffer): this {
     this.#line = line;
     this.#row = undefined;
-    const ends = this.#ends;
-    this.#plain = plainColumns(line, ends);
-    if (this.#plain) {
-      const column = (c: number) =>
-        isNull(line, ends, c) ? null : line.toString("latin1", c === 0 ? 0 : (ends[c - 1] as number) + 1, ends[c]);
-      this.#chainId = column(COLUMN.chain) as string;
-      this.#seq = bigint(column(COLUMN.seq) as string);
-      this.#prev = column(COLUMN.prev);
-      this.#hash = column(COLUMN.hash);
-    } else {
-      const row = this.#decoded();
-      this.#chainId = row[COLUMN.chain] as string;
-      this.#seq = bigint(row[COLUMN.seq] as string);
-      this.#prev = row[COLUMN.prev] ?? null;
-      this.#hash = row[COLUMN.hash] ?? null;
-    }
+    this.#plain = plainColumns(line, this.#ends);
+    this.#seq = (this.#plain && digits(line, this.#ends, COLUMN.seq)) || bigint(this.#column(COLUMN.seq) as string);
     return this;
   }
+  /** A column's text (null for NULL). */
+  #column(column: number): string | null {
+    if (!this.#plain) return this.#decoded()[column] ?? null;
+    const ends = this.#ends;
+    if (isNull(this.#line, ends, column)) return null;
+    return this.#line.toString("latin1", column === 0 ? 0 : (ends[column - 1] as number) + 1, ends[column]);
+  }
+  /**
+   * Whether a column's text is `text`, compared where it lies (the checks of every event, which would
+   * otherwise cut three strings from each line).
+   */
+  #columnIs(column: number, text: string): boolean {
+    if (!this.#plain) return this.#decoded()[column] === text;
+    const ends = this.#ends;
+    const from = column === 0 ? 0 : (ends[column - 1] as number) + 1;
+    if ((ends[column] as number) - from !== text.length || isNull(this.#line, ends, column)) return false;
+    for (let i = 0; i < text.length; i++) if (this.#line[from + i] !== text.charCodeAt(i)) return false;
+    return true;
+  }
   get chainId(): string {
-    return this.#chainId;
+    return this.#column(COLUMN.chain) as string;
+  }
+  chainIs(chainId: string): boolean {
+    return this.#columnIs(COLUMN.chain, chainId);
   }
   get seq(): number {
     return this.#seq;
   }
   /** The stored previous hash (null: a NULL where a hash belongs). */
   get prev(): string | null {
-    return this.#prev;
+    return this.#column(COLUMN.prev);
+  }
+  prevIs(hash: string): boolean {
+    return this.#columnIs(COLUMN.prev, hash);
   }
   get hash(): string | null {
-    return this.#hash;
+    return this.#column(COLUMN.hash);
+  }
+  hashIs(hash: string): boolean {
+    return this.#columnIs(COLUMN.hash, hash);
   }
   #decoded(): TextRow {
     this.#row ??= decodeCopyLine(this.#line);

@@ -221,14 +221,12 @@ async function streamPass(copyRows: CopyRows, owner: string | null, stream: Stre
   };
   const check = (p: Pass, event: StreamedEvent) => {
     p.events += 1;
-    const { hash } = event;
-    if (
-      hash === null ||
-      p.expected > p.head.sequence ||
-      event.seq !== p.expected ||
-      event.prev !== p.prev ||
-      event.hashAt(p.expected) !== hash
-    ) {
+    if (p.expected > p.head.sequence || event.seq !== p.expected || !event.prevIs(p.prev)) {
+      p.clean = false;
+      return;
+    }
+    const hash = event.hashAt(p.expected);
+    if (hash === undefined || !event.hashIs(hash)) {
       p.clean = false;
       return;
     }
@@ -237,12 +235,12 @@ async function streamPass(copyRows: CopyRows, owner: string | null, stream: Stre
   };
 
   await streamEvents(copyRows, owner, stream, (streamed) => {
-    const { chainId } = streamed;
-    if (pass?.head.chainId === chainId) {
+    if (pass !== undefined && streamed.chainIs(pass.head.chainId)) {
       if (pass.clean) check(pass, streamed);
       return;
     }
-    if (skipping === chainId) return;
+    if (skipping !== undefined && streamed.chainIs(skipping)) return;
+    const { chainId } = streamed;
     if (pass) settle(pass);
     pass = undefined;
     skipping = undefined;
