@@ -129,6 +129,25 @@ describe.each(DATABASE_KINDS)("audit checkpoints on %s (L3)", (kind) => {
     expect((await verify()).problems).toEqual([]);
   });
 
+  if (kind === "postgres") {
+    it("two processes checkpointing at once both succeed, one after the other", async () => {
+      const { t, writer, verify } = await setup();
+      const other = await t.open({ migrate: false });
+      try {
+        // Another process: its own connections, and its own in-process queue and memory of the last line
+        // (keyed by the directory as it names it).
+        const second = { ...writer, db: other, dir: `${writer.dir}/` };
+        for (let i = 0; i < 3; i++) {
+          const made = await Promise.all([createCheckpoint(writer), createCheckpoint(second)]);
+          expect(made.map((c) => c.record.seq).sort()).toEqual([4 + 2 * i, 5 + 2 * i]);
+        }
+        expect((await verify()).problems).toEqual([]);
+      } finally {
+        await other.close();
+      }
+    });
+  }
+
   it("the runtime role can neither change nor remove a checkpoint row", async () => {
     const { db } = await setup();
     await expect(db.withPlatform((tx) => tx.deleteFrom("audit_checkpoints").execute())).rejects.toThrow(

@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import type { CommandResult } from "../cli/control-socket.ts";
 import type { Clock } from "../clock.ts";
 import type { KeyRing } from "../crypto/key-ring.ts";
@@ -185,6 +186,9 @@ async function append<R extends SignedRecord>(
 ): Promise<Appended<R>> {
   const { db, clock, dir, signingKey } = writer;
   const appended = await db.withPlatform(async (tx): Promise<Appended<R>> => {
+    // One append at a time across processes too (the server's schedule beside `charter audit checkpoint`):
+    // the next one waits here, then reads the record this one made, instead of failing on its sequence.
+    await sql`SELECT pg_advisory_xact_lock(hashtextextended('charter/audit/checkpoints', 0))`.execute(tx);
     const previous = await lastRecord(tx, writer);
     if (previous && signerAfter(previous) !== signingKey.keyId) {
       throw new CheckpointError(
@@ -201,7 +205,8 @@ async function append<R extends SignedRecord>(
     const continues = last !== undefined && last.hash === previous?.hash && last.day === at.slice(0, 10);
     const change: HeadChange | undefined =
       made.heads && (continues ? last.heads.changeTo(made.heads) : { base: "empty", changed: made.heads, removed: [] });
-    // The row first: a concurrent append of the same seq fails here, before anything reaches the file.
+    // The row first: should an append of the same seq slip past the lock, it fails here, before anything
+    // reaches the file.
     await insertCheckpointRow(tx, made.entry);
     await appendCheckpointLine(dir, made.entry, change);
     return { entry: made.entry, heads: made.heads, change, continues };
