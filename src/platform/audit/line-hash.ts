@@ -48,6 +48,8 @@ const COMMA = 44;
 const DASH = 45;
 const ZERO = 48;
 const NINE = 57;
+const LOWER_A = 97;
+const LOWER_F = 102;
 const COLON = 58;
 const SPACE = 32;
 const BACKSLASH = 92;
@@ -353,7 +355,7 @@ function subjects(line: Buffer, ends: Int32Array): boolean {
       out[pos++] = QUOTE;
       continue;
     }
-    if (!((byte >= ZERO && byte <= NINE) || (byte >= 97 && byte <= 102) || byte === DASH)) return false;
+    if (!((byte >= ZERO && byte <= NINE) || (byte >= LOWER_A && byte <= LOWER_F) || byte === DASH)) return false;
     out[pos++] = byte;
     element++;
   }
