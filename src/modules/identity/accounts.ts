@@ -39,7 +39,13 @@ import { assertStrongPassword } from "./passwords.ts";
 import { ACCOUNT_TOKEN_PURPOSES, type AccountTokenPurpose, type AccountTokensTable } from "./schema.ts";
 import { hasSecondFactor } from "./second-factors.ts";
 import { revokeUserSessions } from "./sessions.ts";
-import { backoffTargets, checkBackoff, linkBackoffTargets, recordFailureAfterRollback } from "./throttle.ts";
+import {
+  type BackoffTarget,
+  backoffTargets,
+  checkBackoff,
+  linkBackoffTargets,
+  recordFailureAfterRollback,
+} from "./throttle.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
 import {
   createUser,
@@ -422,7 +428,7 @@ export async function passwordResetAccount(deps: IdentityDeps, token: string): P
 /** A passkey's assertion for a reset: the challenge must be the one asked for with this very link. */
 async function proveResetPasskey(
   deps: IdentityDeps,
-  input: { userId: string; token: string; assertion: PasskeyAssertion },
+  input: { userId: string; token: string; assertion: PasskeyAssertion; backoff: readonly BackoffTarget[] },
   context: RequestContext,
 ): Promise<ResetProof> {
   try {
@@ -441,6 +447,7 @@ async function proveResetPasskey(
       failure: error,
       subjectId: input.userId,
       requestId: context.requestId,
+      backoff: input.backoff,
     });
     throw new HttpProblem("second-factor-required", "the passkey was not accepted; ask for its options again");
   }
@@ -468,7 +475,7 @@ async function proveResetSecondFactor(
   }
   const backoff = await throttleSecondFactor(deps, { userId, address: context.address });
   if ("passkey" in answer) {
-    return proveResetPasskey(deps, { userId, token: input.token, assertion: answer.passkey }, context);
+    return proveResetPasskey(deps, { userId, token: input.token, assertion: answer.passkey, backoff }, context);
   }
   const check = await checkCodeAnswer(deps, userId, answer, deps.clock.now());
   if (check.ok) return check.proof;

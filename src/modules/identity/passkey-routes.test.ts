@@ -10,6 +10,7 @@ import {
   SoftwareAuthenticator,
 } from "../../../test/support/webauthn-authenticator.ts";
 import { manualClock } from "../../platform/clock.ts";
+import { SECOND_FACTOR_PER_ACCOUNT } from "./code-factors.ts";
 import { CHALLENGE_LIFETIME_MS } from "./passkeys.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
 import { randomAddress, signIn, type TestUser, useIdentityTestApp } from "./testing.ts";
@@ -571,6 +572,26 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
         { purpose: "second-factor", reason: "unknown-credential" },
         { purpose: "second-factor", reason: "challenge" },
         { purpose: "second-factor", reason: "user-not-verified" },
+      ]);
+    });
+
+    it("counts refused passkeys in the account's growing delay, like wrong codes (A6)", async () => {
+      const { user, b } = await halfSignedIn();
+      const refuse = async (on: Browser) => {
+        const unverified = on.authenticator.assert(await ownOptions(on, "second-factor"), { userVerified: false });
+        return send(on, "POST", "/api/v1/sessions/current/second-factor/passkey", { response: unverified });
+      };
+      for (let i = 0; i < SECOND_FACTOR_PER_ACCOUNT.limit; i++) expect((await refuse(b)).statusCode).toBe(401);
+      // Past the window, the account's backoff counts on: its ten free failures are spent.
+      clock.advance(SECOND_FACTOR_PER_ACCOUNT.windowSeconds * 1000);
+      const again = browser(b.authenticator);
+      again.cookies.set(SESSION, (await signIn(world.app, user.email, user.password)).token);
+      expect((await refuse(again)).statusCode).toBe(401);
+      const held = await refuse(again);
+      expect(held.statusCode).toBe(429);
+      expect(Number(held.headers["retry-after"])).toBe(1);
+      expect(await events("auth.locked-out", user.id)).toMatchObject([
+        { details: { flow: "second-factor", scope: "account", seconds: 1 } },
       ]);
     });
 

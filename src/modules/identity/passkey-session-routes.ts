@@ -36,6 +36,7 @@ import {
   type SessionPrincipal,
 } from "./sessions.ts";
 import { rememberSignInDevice } from "./sign-in-alerts.ts";
+import { type BackoffTarget, recordSuccess } from "./throttle.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
 
 /**
@@ -114,7 +115,13 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
    * The challenge is already spent by then: the client starts over with new options.
    */
   async function attempt<T>(
-    who: { purpose: AssertionPurpose; requestId: string; principal?: SessionPrincipal },
+    who: {
+      purpose: AssertionPurpose;
+      requestId: string;
+      principal?: SessionPrincipal;
+      /** A second factor's backoff counters: a refused passkey counts against them like a wrong code. */
+      backoff?: readonly BackoffTarget[];
+    },
     problem: () => HttpProblem,
     work: () => Promise<T>,
   ): Promise<T> {
@@ -127,6 +134,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
         failure: error,
         requestId: who.requestId,
         ...(who.principal ? { userId: who.principal.userId, sessionId: who.principal.sessionId } : {}),
+        ...(who.backoff ? { backoff: who.backoff } : {}),
       });
       throw problem();
     }
@@ -277,9 +285,9 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
   ): Promise<T> {
     const { action, refusal } = SESSION_CEREMONIES[purpose];
     const { requestId } = request;
-    await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
+    const backoff = await throttleSecondFactor(deps, await secondFactorAttempt(deps, request.raw, principal.userId));
     const refused = () => new HttpProblem(refusal, "the passkey was not accepted; try again");
-    return attempt({ purpose, requestId, principal }, refused, async () => {
+    return attempt({ purpose, requestId, principal, backoff }, refused, async () => {
       const proven = await verifyAssertion(deps, {
         purpose,
         binding: { sessionId: principal.sessionId },
@@ -290,6 +298,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
       return db.withPlatform(
         async (tx) => {
           await recordPasskeyUse(tx, proven, now);
+          await recordSuccess(tx, deps, backoff);
           const details = { method: "passkey", userVerified: proven.userVerified };
           await audit.record(tx, factorProvenEvent(action, principal, details, requestId));
           return operate(tx, passkeyFactor(proven));

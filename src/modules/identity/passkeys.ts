@@ -10,10 +10,12 @@ import {
   verifyRegistrationResponse,
 } from "@simplewebauthn/server";
 import { type Selectable, sql } from "kysely";
+import type { Actor } from "../../platform/audit/index.ts";
 import type { Tx } from "../../platform/db/index.ts";
 import { uuidv7 } from "../../platform/ids.ts";
 import type { IdentityDeps } from "./deps.ts";
 import type { PasskeyDeviceType, PasskeysTable, WebauthnChallengePurpose } from "./schema.ts";
+import { type BackoffTarget, recordFailure } from "./throttle.ts";
 import { hashToken, sameHash } from "./tokens.ts";
 import { userEmail } from "./users.ts";
 
@@ -556,7 +558,7 @@ export async function removePasskey(tx: Tx, input: { userId: string; passkeyId: 
  * (the request is refused and rolls back): its purpose and reason, never the response.
  */
 export async function recordPasskeyFailure(
-  deps: Pick<IdentityDeps, "db" | "audit">,
+  deps: Pick<IdentityDeps, "db" | "audit" | "clock" | "keyRing">,
   input: {
     purpose: WebauthnChallengePurpose;
     failure: PasskeyFailure;
@@ -566,21 +568,25 @@ export async function recordPasskeyFailure(
     /** The account an anonymous ceremony was for, when known (a password reset's). */
     subjectId?: string;
     requestId: string;
+    /** The attempt's backoff counters (a second factor's, from throttleSecondFactor): the failure counts against each. */
+    backoff?: readonly BackoffTarget[];
   },
 ): Promise<void> {
-  const { userId, sessionId, failure } = input;
+  const { userId, sessionId, failure, backoff } = input;
   // A sign-in refused after the credential was found concerns its owner, who may want to know.
   const subject = userId ?? input.subjectId ?? failure.ownerId;
-  await deps.db.withPlatform((tx) =>
-    deps.audit.record(tx, {
+  const actor: Actor = userId === undefined ? { kind: "anonymous", id: null } : { kind: "user", id: userId };
+  await deps.db.withPlatform(async (tx) => {
+    if (backoff) await recordFailure(tx, deps, backoff, { requestId: input.requestId, actor, userId: subject });
+    await deps.audit.record(tx, {
       tenantId: null,
       stream: "security",
-      actor: userId === undefined ? { kind: "anonymous", id: null } : { kind: "user", id: userId },
+      actor,
       action: "auth.passkey-failed",
       target: sessionId ? { type: "session", id: sessionId } : { type: "user", id: subject },
       subjects: subject === null ? [] : [subject],
       details: { purpose: input.purpose, reason: failure.reason },
       requestId: input.requestId,
-    }),
-  );
+    });
+  });
 }
