@@ -174,6 +174,16 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
       ).toBe(202);
       const [intruder, owner] = await usersAt(address);
       expect(owner?.display_name).toBe("Owner");
+      const personKeys = (personId: string) =>
+        world.t.db.withPlatform((tx) =>
+          tx
+            .selectFrom("person_keys")
+            .select((eb) => [eb("wrapped_key", "is", null).as("destroyed")])
+            .where("person_id", "=", personId)
+            .execute(),
+        );
+      // The sign-up sealed its address under a key of the person's own.
+      expect(await personKeys(intruder?.id ?? "")).toEqual([{ destroyed: false }]);
       const ownerToken = await tokenFrom(address, "verify-email");
       expect(ownerToken).not.toBe(intruderToken);
 
@@ -190,6 +200,14 @@ describe.each(DATABASE_KINDS)("accounts on %s", (kind) => {
           .execute(),
       );
       expect(tokens).toEqual([]);
+      // And its key is destroyed (journalled), the person refused new ones; the owner's is untouched.
+      expect(await personKeys(intruder?.id ?? "")).toEqual([]);
+      expect(
+        await world.t.db.withPlatform((tx) =>
+          world.deps.keyRing.isErased(tx, { scope: "person", personId: intruder?.id ?? "" }),
+        ),
+      ).toBe(true);
+      expect(await personKeys(owner?.id ?? "")).toEqual([{ destroyed: false }]);
       const verified = (await events(owner?.id ?? "")).find((e) => e.action === "auth.email-verified");
       expect(verified?.details).toEqual({ wipedAccounts: 1 });
     });

@@ -1,5 +1,6 @@
 import type { Selectable } from "kysely";
 import type { Actor, NewEvent } from "../../platform/audit/index.ts";
+import type { KeyRing } from "../../platform/crypto/key-ring.ts";
 import type { Tx } from "../../platform/db/index.ts";
 import { HttpProblem } from "../../platform/http/problem.ts";
 import { uuidv7 } from "../../platform/ids.ts";
@@ -233,9 +234,11 @@ async function existingUser(tx: Tx, userId: string): Promise<UserRow> {
 /**
  * Makes `userId` the verified owner of the address `index`: refused when another verified account holds
  * it (then nothing changes), otherwise every unverified sign-up for the address is wiped (their tokens and
- * sessions go with them), since the owner of the mailbox has now proven who they are. Returns how many.
+ * sessions go with them), since the owner of the mailbox has now proven who they are, and each wiped
+ * person's keys are destroyed (journalled, reason "retention": nothing they protected is kept). Returns how
+ * many.
  */
-async function claimAddress(tx: Tx, userId: string, index: Buffer): Promise<number> {
+async function claimAddress(tx: Tx, keyRing: KeyRing, userId: string, index: Buffer): Promise<number> {
   await lockEmail(tx, index);
   const holder = await findVerifiedUserByEmail(tx, index);
   if (holder && holder.id !== userId) throw addressTaken();
@@ -244,8 +247,10 @@ async function claimAddress(tx: Tx, userId: string, index: Buffer): Promise<numb
     .where("email_index", "=", index)
     .where("email_verified_at", "is", null)
     .where("id", "!=", userId)
-    .executeTakeFirst();
-  return Number(wiped.numDeletedRows);
+    .returning("id")
+    .execute();
+  for (const { id } of wiped) await keyRing.erasePerson(tx, { personId: id, reason: "retention" });
+  return wiped.length;
 }
 
 /**
@@ -259,7 +264,7 @@ async function moveAccount(
   email: IndexedEmail,
   now: Date,
 ): Promise<number> {
-  const wiped = await claimAddress(tx, userId, email.index);
+  const wiped = await claimAddress(tx, deps.keyRing, userId, email.index);
   await tx
     .updateTable("users")
     .set({
@@ -367,7 +372,7 @@ export async function verifyEmail(deps: IdentityDeps, token: string, context: Re
       recordFailureAfterRollback(deps, backoff, { requestId: context.requestId, actor: ANONYMOUS, userId: null }),
     );
     const user = await existingUser(tx, row.user_id);
-    const wiped = await claimAddress(tx, user.id, user.email_index);
+    const wiped = await claimAddress(tx, deps.keyRing, user.id, user.email_index);
     await tx.updateTable("users").set({ email_verified_at: now, updated_at: now }).where("id", "=", user.id).execute();
     await retireTokens(tx, user.id, ["verify-email"], now);
     await deps.audit.record(
