@@ -2,7 +2,16 @@ import { sql } from "kysely";
 import { type CopyRows, decodeCopyLine, type TextRow, type Tx } from "../db/index.ts";
 import { canonicalizeAt, type JsonObject } from "./canonical.ts";
 import { type ActorKind, type StoredEvent, type Stream, storedEventHash } from "./event.ts";
-import { COLUMN, COLUMN_COUNT, isNull, LONG_WAY, lineHash, plainColumns } from "./line-hash.ts";
+import {
+  COLUMN,
+  COLUMN_COUNT,
+  columnDigits,
+  columnStart,
+  isNull,
+  LONG_WAY,
+  lineHash,
+  plainColumns,
+} from "./line-hash.ts";
 import "./schema.ts";
 
 export interface ChainHead {
@@ -148,23 +157,6 @@ function uuidArray(text: string): (string | null)[] | undefined {
   return inner.split(",").map((item) => (item === "NULL" ? null : item));
 }
 
-/**
- * A column of 1 to 15 decimal digits (always a safe integer) as its number, read where it lies; 0 for
- * anything else (then the caller reads it as text).
- */
-function digits(line: Buffer, ends: Int32Array, column: number): number {
-  const from = column === 0 ? 0 : (ends[column - 1] as number) + 1;
-  const to = ends[column] as number;
-  if (to - from < 1 || to - from > 15) return 0;
-  let n = 0;
-  for (let i = from; i < to; i++) {
-    const digit = (line[i] as number) - 48;
-    if (digit < 0 || digit > 9) return 0;
-    n = n * 10 + digit;
-  }
-  return n;
-}
-
 /** BIGINT text as the driver reads it (engines.ts): a number, refused beyond the safe range. */
 function bigint(text: string): number {
   const n = Number(text);
@@ -239,7 +231,8 @@ export class StreamedEvent {
     this.#line = line;
     this.#row = undefined;
     this.#plain = plainColumns(line, this.#ends);
-    this.#seq = (this.#plain && digits(line, this.#ends, COLUMN.seq)) || bigint(this.#column(COLUMN.seq) as string);
+    const seq = this.#plain ? columnDigits(line, this.#ends, COLUMN.seq) : -1;
+    this.#seq = seq >= 0 ? seq : bigint(this.#column(COLUMN.seq) as string);
     return this;
   }
   /** A column's text (null for NULL). */
@@ -247,7 +240,7 @@ export class StreamedEvent {
     if (!this.#plain) return this.#decoded()[column] ?? null;
     const ends = this.#ends;
     if (isNull(this.#line, ends, column)) return null;
-    return this.#line.toString("latin1", column === 0 ? 0 : (ends[column - 1] as number) + 1, ends[column]);
+    return this.#line.toString("latin1", columnStart(ends, column), ends[column]);
   }
   /**
    * Whether a column's text is `text`, compared where it lies (the checks of every event, which would
@@ -256,7 +249,7 @@ export class StreamedEvent {
   #columnIs(column: number, text: string): boolean {
     if (!this.#plain) return this.#decoded()[column] === text;
     const ends = this.#ends;
-    const from = column === 0 ? 0 : (ends[column - 1] as number) + 1;
+    const from = columnStart(ends, column);
     if ((ends[column] as number) - from !== text.length || isNull(this.#line, ends, column)) return false;
     for (let i = 0; i < text.length; i++) if (this.#line[from + i] !== text.charCodeAt(i)) return false;
     return true;

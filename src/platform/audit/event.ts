@@ -322,7 +322,7 @@ function writeV1(e: Record<string, unknown>, seq: unknown): string {
 }
 
 /** The canonical text of each member of a version-1 event (without `hash`). */
-export type V1MemberTexts = Record<keyof AuditEvent, string>;
+type V1MemberTexts = Record<keyof AuditEvent, string>;
 
 /**
  * The version-1 text from its members' canonical texts, in the sorted order of their names (line-hash.ts

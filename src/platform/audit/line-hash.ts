@@ -88,11 +88,29 @@ export function plainColumns(line: Buffer, ends: Int32Array): boolean {
   return true;
 }
 
-const start = (ends: Int32Array, column: number) => (column === 0 ? 0 : (ends[column - 1] as number) + 1);
+/** Where a column of a line plainColumns read starts. */
+export const columnStart = (ends: Int32Array, column: number) => (column === 0 ? 0 : (ends[column - 1] as number) + 1);
+
+/**
+ * A column of 1 to 15 decimal digits (always a safe integer) as its number, read where it lies; -1 for
+ * anything else (then the caller reads it as text).
+ */
+export function columnDigits(line: Buffer, ends: Int32Array, column: number): number {
+  const from = columnStart(ends, column);
+  const to = ends[column] as number;
+  if (to - from < 1 || to - from > 15) return -1;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const digit = (line[i] as number) - ZERO;
+    if (digit < 0 || digit > 9) return -1;
+    n = n * 10 + digit;
+  }
+  return n;
+}
 
 /** Whether the column holds COPY's NULL, `\N`. */
 export function isNull(line: Buffer, ends: Int32Array, column: number): boolean {
-  const from = start(ends, column);
+  const from = columnStart(ends, column);
   return (ends[column] as number) - from === 2 && line[from] === BACKSLASH && line[from + 1] === N;
 }
 
@@ -145,23 +163,29 @@ function plain(line: Buffer, from: number, to: number): boolean {
   return true;
 }
 
-/** The JSON string at `from`…`to` (its quotes included) as it is: nothing in it may need escaping. */
-function quoted(line: Buffer, from: number, to: number): boolean {
+/** Bytes `from`…`to` of the line as they are (already checked). */
+function raw(line: Buffer, from: number, to: number): void {
+  const buffer = out;
+  let at = pos;
+  for (let i = from; i < to; i++) buffer[at++] = line[i] as number;
+  pos = at;
+}
+
+/** Bytes `from`…`to` of the line between quotes, as a JSON string: nothing in them may need escaping. */
+function string(line: Buffer, from: number, to: number): boolean {
   out[pos++] = QUOTE;
-  if (!plain(line, from + 1, to - 1)) return false;
+  if (!plain(line, from, to)) return false;
   out[pos++] = QUOTE;
   return true;
 }
 
+/** The JSON string at `from`…`to` (its quotes included) as it is. */
+const quoted = (line: Buffer, from: number, to: number) => string(line, from + 1, to - 1);
+
 /** A text column as a JSON string, or null. */
 function text(line: Buffer, ends: Int32Array, column: number): boolean {
-  if (isNull(line, ends, column)) {
-    put(TEXT.null);
-    return true;
-  }
-  out[pos++] = QUOTE;
-  if (!plain(line, start(ends, column), ends[column] as number)) return false;
-  out[pos++] = QUOTE;
+  if (!isNull(line, ends, column)) return string(line, columnStart(ends, column), ends[column] as number);
+  put(TEXT.null);
   return true;
 }
 
@@ -235,7 +259,7 @@ function json(line: Buffer, from: number, to: number, depth: number): boolean {
   if (first === OPEN_ARRAY) return array(line, from, to, depth);
   if (first === OPEN_OBJECT) return object(line, from, to, depth);
   if (!literal(line, from, to) && !integer(line, from, to)) return false;
-  for (let i = from; i < to; i++) out[pos++] = line[i] as number;
+  raw(line, from, to);
   return true;
 }
 
@@ -332,14 +356,14 @@ function writeMembers(line: Buffer, base: number, depth: number): boolean {
 
 /** A jsonb column (`details`, `personal`), one level inside the event. */
 function jsonColumn(line: Buffer, ends: Int32Array, column: number): boolean {
-  const from = start(ends, column);
+  const from = columnStart(ends, column);
   const to = ends[column] as number;
   return to > from && json(line, from, to, 1);
 }
 
 /** `{}` or a uuid list of plain ids (hex digits and dashes) as the array of strings it is. */
 function subjects(line: Buffer, ends: Int32Array): boolean {
-  const from = start(ends, COLUMN.subjects);
+  const from = columnStart(ends, COLUMN.subjects);
   const to = ends[COLUMN.subjects] as number;
   if (line[from] !== OPEN_OBJECT || line[to - 1] !== CLOSE_OBJECT || to - from < 2) return false;
   if (to - from === 2) return true;
@@ -369,7 +393,7 @@ for (let i = 0; i < 16; i++) HEX_VALUE["0123456789abcdef".charCodeAt(i)] = i;
 
 /** The previous hash: 64 lower-case hex digits, as its 32 bytes at the start of the buffer. */
 function previous(line: Buffer, ends: Int32Array): boolean {
-  const from = start(ends, COLUMN.prev);
+  const from = columnStart(ends, COLUMN.prev);
   if ((ends[COLUMN.prev] as number) - from !== 64) return false;
   for (let i = 0; i < 32; i++) {
     const high = HEX_VALUE[line[from + 2 * i] as number] as number;
@@ -382,7 +406,7 @@ function previous(line: Buffer, ends: Int32Array): boolean {
 
 /** `at` as to_char wrote it (microseconds), as the event's time: milliseconds when the rest is 000. */
 function at(line: Buffer, ends: Int32Array): boolean {
-  const from = start(ends, COLUMN.at);
+  const from = columnStart(ends, COLUMN.at);
   let to = ends[COLUMN.at] as number;
   if (isNull(line, ends, COLUMN.at)) return false;
   if (to - from >= 3 && line[to - 1] === ZERO && line[to - 2] === ZERO && line[to - 3] === ZERO) to -= 3;
@@ -399,7 +423,7 @@ function pair(line: Buffer, ends: Int32Array, id: number, second: Uint8Array, b:
 }
 
 function write(line: Buffer, ends: Int32Array, tenant: Uint8Array, seq: number): boolean {
-  const v = start(ends, COLUMN.v);
+  const v = columnStart(ends, COLUMN.v);
   if (ends[COLUMN.v] !== v + 1 || line[v] !== ZERO + 1) return false;
   // The stored sequence is not hashed (`seq` is), but the driver reads no event from a row without one.
   if (isNull(line, ends, COLUMN.seq)) return false;
@@ -426,7 +450,7 @@ function write(line: Buffer, ends: Int32Array, tenant: Uint8Array, seq: number):
   put(TEXT.personal);
   if (!jsonColumn(line, ends, COLUMN.personal)) return false;
   put(TEXT.prev);
-  for (let i = start(ends, COLUMN.prev); i < (ends[COLUMN.prev] as number); i++) out[pos++] = line[i] as number;
+  raw(line, columnStart(ends, COLUMN.prev), ends[COLUMN.prev] as number);
   put(TEXT.request);
   if (!text(line, ends, COLUMN.request)) return false;
   put(TEXT.seq);

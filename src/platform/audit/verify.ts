@@ -315,8 +315,8 @@ export async function verifyChains(db: Database, options: VerifyOptions = {}): P
         { concurrency: VERIFY_CONCURRENCY },
       );
       if (tenant === undefined) await visit(snapshot.tx, snapshot.copyRows, null, byTenant.get(null) ?? []);
-      // Each owner's events stream in the order of the (tenant, chain, sequence) key.
     },
+    // Each owner's events stream in the order of the (tenant, chain, sequence) key.
     { indexOrderReads: true },
   );
   report.failures.sort((a, b) => (a.chainId < b.chainId ? -1 : a.chainId > b.chainId ? 1 : a.sequence - b.sequence));

@@ -266,11 +266,12 @@ export function createDatabase(engine: Engine, options: DatabaseOptions = {}): D
             copyRows: (text, onLine) => on.copyRows(text, onLine, take()),
           };
           const bound = bindTransaction(gated);
+          const copyRows = copyRowsOf(gated);
           try {
             for (let id = queue.shift(); id !== undefined && !("error" in state); id = queue.shift()) {
               pending = id;
               try {
-                await visit(id, bound.tx, copyRowsOf(gated));
+                await visit(id, bound.tx, copyRows);
               } catch (error) {
                 if (!("error" in state)) state.error = error;
               }

@@ -33,9 +33,9 @@ export interface TransactionRunner extends QueryRunner {
   /**
    * Streams the rows of one SELECT, in its order, to `onLine` as they arrive, without holding them: each row
    * as the line COPY's text format gives it, its newline included (copy-text.ts), every column as its
-   * type's text output.
-   * COPY … TO STDOUT on PostgreSQL (one message per row, no objects or type parsing: several times cheaper
-   * than a result set), a cursor read in pages on PGlite, its rows written as the same lines. A line is the
+   * type's text output. COPY … TO STDOUT on PostgreSQL (one message per row, no objects or type parsing:
+   * several times cheaper than a result set), a cursor read in pages on PGlite, its rows written as the same
+   * lines. A line is the
    * driver's buffer: it is valid only until `onLine` returns (copy what must outlive the call). The
    * statement takes no parameters and is sent as it is, so it must not contain outside text. An error thrown
    * by `onLine` ends the read with that error once the statement has finished. Returns the number of rows.
