@@ -6,6 +6,7 @@ import {
   COLUMN,
   COLUMN_COUNT,
   columnDigits,
+  columnEnds,
   columnStart,
   isNull,
   LONG_WAY,
@@ -216,7 +217,7 @@ export class StreamedEvent {
   #line: Buffer;
   readonly #tenantId: string | null;
   /** Where each column ends, when the line needs no decoding (line-hash.ts: plainColumns). */
-  readonly #ends = new Int32Array(COLUMN_COUNT);
+  readonly #ends = columnEnds();
   #plain = false;
   /** The columns decoded: for any other line, or once the long way needed them. */
   #row: TextRow | undefined;

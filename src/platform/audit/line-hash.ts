@@ -61,30 +61,39 @@ const CLOSE_OBJECT = 125;
 /** jsonb is written at most this deep here (the canonical form allows 64 counted from the event). */
 const MAX_JSON_DEPTH = 32;
 
-const indexOf = Uint8Array.prototype.indexOf;
+/** The slot of a line's `ends` (columnEnds) that holds which columns have a `"` in them, a bit each. */
+const QUOTES = COLUMN_COUNT;
+
+/** Room for what plainColumns finds in a line: where each column ends, and which hold a quote. */
+export const columnEnds = () => new Int32Array(COLUMN_COUNT + 1);
 
 /**
- * Where each column of `line` ends (the index of the tab or newline after it), into `ends`, and whether the
- * line is one this writes from: exactly COLUMN_COUNT columns, ASCII only, and no backslash but whole `\N`
- * columns (so no column has an escape to decode). One pass over the bytes.
+ * Where each column of `line` ends (the index of the tab or newline after it), into `ends` (columnEnds),
+ * with which columns hold a `"`, and whether the line is one this writes from: exactly COLUMN_COUNT
+ * columns, ASCII only, no control character but the separators, and no backslash but whole `\N` columns
+ * (so no column has an escape to decode). One pass over the bytes.
  */
 export function plainColumns(line: Buffer, ends: Int32Array): boolean {
   const last = line.length - 1;
   if (line[last] !== NEWLINE) return false;
   let column = 0;
+  let quotes = 0;
   for (let at = 0; at < last; at++) {
     const byte = line[at] as number;
+    if (byte > QUOTE && byte < 128 && byte !== BACKSLASH) continue;
     if (byte === TAB) {
       if (column === COLUMN_COUNT - 1) return false;
       ends[column++] = at;
-    } else if (byte === BACKSLASH) {
+    } else if (byte === QUOTE) quotes |= 1 << column;
+    else if (byte === BACKSLASH) {
       // `\N` alone in its column: a tab or the line's start before it, a tab or the newline after it.
       const after = line[at + 2];
       if (line[at + 1] !== N || (at > 0 && line[at - 1] !== TAB) || (after !== TAB && after !== NEWLINE)) return false;
-    } else if (byte > 127) return false;
+    } else if (byte < SPACE || byte > 127) return false;
   }
   if (column !== COLUMN_COUNT - 1) return false;
   ends[column] = last;
+  ends[QUOTES] = quotes;
   return true;
 }
 
@@ -150,20 +159,7 @@ function put(bytes: Uint8Array): void {
   pos = at;
 }
 
-/** Bytes `from`…`to` of the line as they are, none of them a quote or a control character. */
-function plain(line: Buffer, from: number, to: number): boolean {
-  const buffer = out;
-  let at = pos;
-  for (let i = from; i < to; i++) {
-    const byte = line[i] as number;
-    if (byte === QUOTE || byte < SPACE) return false;
-    buffer[at++] = byte;
-  }
-  pos = at;
-  return true;
-}
-
-/** Bytes `from`…`to` of the line as they are (already checked). */
+/** Bytes `from`…`to` of the line as they are (plainColumns refused control characters in it). */
 function raw(line: Buffer, from: number, to: number): void {
   const buffer = out;
   let at = pos;
@@ -171,28 +167,22 @@ function raw(line: Buffer, from: number, to: number): void {
   pos = at;
 }
 
-/** Bytes `from`…`to` of the line between quotes, as a JSON string: nothing in them may need escaping. */
-function string(line: Buffer, from: number, to: number): boolean {
-  out[pos++] = QUOTE;
-  if (!plain(line, from, to)) return false;
-  out[pos++] = QUOTE;
-  return true;
-}
-
-/** The JSON string at `from`…`to` (its quotes included) as it is. */
-const quoted = (line: Buffer, from: number, to: number) => string(line, from + 1, to - 1);
-
-/** A text column as a JSON string, or null. */
+/** A text column as a JSON string, or null; false for one with a quote (JSON would escape it). */
 function text(line: Buffer, ends: Int32Array, column: number): boolean {
-  if (!isNull(line, ends, column)) return string(line, columnStart(ends, column), ends[column] as number);
-  put(TEXT.null);
+  if (isNull(line, ends, column)) put(TEXT.null);
+  else if (((ends[QUOTES] as number) & (1 << column)) !== 0) return false;
+  else {
+    out[pos++] = QUOTE;
+    raw(line, columnStart(ends, column), ends[column] as number);
+    out[pos++] = QUOTE;
+  }
   return true;
 }
 
 /** The end of the JSON string starting at `from` (its closing quote's index + 1), or -1. */
 function stringEnd(line: Buffer, from: number, to: number): number {
-  const close = indexOf.call(line, QUOTE, from + 1);
-  return close < 0 || close >= to ? -1 : close + 1;
+  for (let at = from + 1; at < to; at++) if (line[at] === QUOTE) return at + 1;
+  return -1;
 }
 
 /** The end of the value starting at `from` without writing it, or -1: strings and brackets matched. */
@@ -221,10 +211,11 @@ function valueEnd(line: Buffer, from: number, to: number): number {
  * for ASCII, by their bytes, a prefix first.
  */
 function compareNames(line: Buffer, quotedA: number, quotedAEnd: number, quotedB: number, quotedBEnd: number): number {
-  const [a, aLength] = [quotedA + 1, quotedAEnd - quotedA - 2];
-  const [b, bLength] = [quotedB + 1, quotedBEnd - quotedB - 2];
-  for (let i = 0; i < Math.min(aLength, bLength); i++) {
-    const difference = (line[a + i] as number) - (line[b + i] as number);
+  const aLength = quotedAEnd - quotedA - 2;
+  const bLength = quotedBEnd - quotedB - 2;
+  const shorter = Math.min(aLength, bLength);
+  for (let i = 1; i <= shorter; i++) {
+    const difference = (line[quotedA + i] as number) - (line[quotedB + i] as number);
     if (difference !== 0) return difference;
   }
   return aLength - bLength;
@@ -245,7 +236,13 @@ function integer(line: Buffer, from: number, to: number): boolean {
 const LITERALS = ["null", "true", "false"].map(latin1);
 
 function literal(line: Buffer, from: number, to: number): boolean {
-  return LITERALS.some((word) => word.length === to - from && word.every((byte, i) => line[from + i] === byte));
+  for (const word of LITERALS) {
+    if (word.length !== to - from) continue;
+    let i = 0;
+    while (i < word.length && line[from + i] === word[i]) i++;
+    if (i === word.length) return true;
+  }
+  return false;
 }
 
 /**
@@ -255,10 +252,16 @@ function literal(line: Buffer, from: number, to: number): boolean {
 function json(line: Buffer, from: number, to: number, depth: number): boolean {
   if (depth > MAX_JSON_DEPTH) return false;
   const first = line[from];
-  if (first === QUOTE) return stringEnd(line, from, to) === to && quoted(line, from, to);
+  if (first === QUOTE) {
+    // A string as it is: stringEnd found its closing quote, so none lies between.
+    if (stringEnd(line, from, to) !== to) return false;
+    raw(line, from, to);
+    return true;
+  }
   if (first === OPEN_ARRAY) return array(line, from, to, depth);
   if (first === OPEN_OBJECT) return object(line, from, to, depth);
-  if (!literal(line, from, to) && !integer(line, from, to)) return false;
+  const numeric = first === DASH || ((first as number) >= ZERO && (first as number) <= NINE);
+  if (!(numeric ? integer(line, from, to) : literal(line, from, to))) return false;
   raw(line, from, to);
   return true;
 }
@@ -346,7 +349,7 @@ function writeMembers(line: Buffer, base: number, depth: number): boolean {
       if (compareNames(line, members[i - 4] as number, members[i - 3] as number, name, nameEnd) === 0) return false;
       out[pos++] = COMMA;
     }
-    if (!quoted(line, name, nameEnd)) return false;
+    raw(line, name, nameEnd);
     out[pos++] = COLON;
     if (!json(line, members[i + 2] as number, members[i + 3] as number, depth + 1)) return false;
   }
@@ -410,7 +413,23 @@ function at(line: Buffer, ends: Int32Array): boolean {
   let to = ends[COLUMN.at] as number;
   if (isNull(line, ends, COLUMN.at)) return false;
   if (to - from >= 3 && line[to - 1] === ZERO && line[to - 2] === ZERO && line[to - 3] === ZERO) to -= 3;
-  return plain(line, from, to);
+  if (((ends[QUOTES] as number) & (1 << COLUMN.at)) !== 0) return false;
+  raw(line, from, to);
+  return true;
+}
+
+/** A non-negative safe integer as String(n) writes it. */
+function decimal(n: number): boolean {
+  if (!Number.isSafeInteger(n) || n < 0) return false;
+  let length = 1;
+  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) length++;
+  let rest = n;
+  for (let at = pos + length - 1; at >= pos; at--) {
+    out[at] = ZERO + (rest % 10);
+    rest = Math.floor(rest / 10);
+  }
+  pos += length;
+  return true;
 }
 
 /** A pair `{"id":…,"<b>":…}` of two text columns. */
@@ -454,7 +473,7 @@ function write(line: Buffer, ends: Int32Array, tenant: Uint8Array, seq: number):
   put(TEXT.request);
   if (!text(line, ends, COLUMN.request)) return false;
   put(TEXT.seq);
-  pos += out.write(String(seq), pos, "latin1");
+  if (!decimal(seq)) return false;
   put(TEXT.stream);
   if (!text(line, ends, COLUMN.stream)) return false;
   put(TEXT.subjects);
