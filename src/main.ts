@@ -1,12 +1,15 @@
 import { Command } from "commander";
 import { type Config, ConfigError, loadConfig } from "./config.ts";
+import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
 import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
 import { auditCommands } from "./platform/audit/cli.ts";
 import { createAudit } from "./platform/audit/index.ts";
 import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
 import { systemClock } from "./platform/clock.ts";
+import { keysCommands } from "./platform/crypto/cli.ts";
 import { createKeyRing } from "./platform/crypto/key-ring.ts";
-import { loadMasterKey, MasterKeyError } from "./platform/crypto/master-key.ts";
+import { loadMasterKey, MasterKeyError, newMasterKeyFile } from "./platform/crypto/master-key.ts";
+import { MasterKeyRotationError } from "./platform/crypto/master-rotation.ts";
 import { existingSigningKey, loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { DataDirError, prepareDataDir } from "./platform/data-dir.ts";
 import {
@@ -41,6 +44,7 @@ const USER_ERRORS = [
   UnsafeRuntimeRoleError,
   DataDirLocked,
   ServerUnreachable,
+  MasterKeyRotationError,
 ];
 
 function fail(error: unknown): never {
@@ -51,13 +55,16 @@ function fail(error: unknown): never {
   process.exit(known ? 2 : 1);
 }
 
-function config(): Config {
+/** The value of `fn`, or its error reported as the CLI reports errors. */
+function userError<T>(fn: () => T): T {
   try {
-    return loadConfig();
+    return fn();
   } catch (error) {
     fail(error);
   }
 }
+
+const config = (): Config => userError(loadConfig);
 
 /**
  * Runs a maintenance command on the database. When the server holds the embedded database, the command runs
@@ -127,11 +134,7 @@ program
     const cfg = config();
     // As on start, the key comes first: a fresh data directory gets its key here, and a key that cannot be
     // loaded stops the command before it touches the database.
-    try {
-      loadMasterKey(cfg.masterKey, prepareDataDir(cfg.dataDir));
-    } catch (error) {
-      fail(error);
-    }
+    userError(() => loadMasterKey(cfg.masterKey, prepareDataDir(cfg.dataDir)));
     report(await maintenance("migrate", cfg, runMigrate).catch(fail));
   });
 
@@ -229,6 +232,32 @@ auditCommands(
       existingKey: () => existingSigningKey(paths),
       key: () => loadSigningKey(paths),
       paths,
+      callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
+    };
+  },
+);
+
+keysCommands(
+  program,
+  async (name, args, run) => {
+    report(await maintenance(name, config(), run, args).catch(fail));
+  },
+  () => {
+    const cfg = config();
+    const paths = prepareDataDir(cfg.dataDir);
+    return {
+      masterKey: () => userError(() => loadMasterKey(cfg.masterKey, paths)),
+      newKey: (path) => userError(() => newMasterKeyFile(path, paths)),
+      deps: (db) => {
+        // The audit event of the rotation names no one: a key ring over the old key is all it could need.
+        const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
+        return {
+          db,
+          clock: systemClock,
+          inventory: APPLICATION_INVENTORY,
+          audit: createAudit({ db, keyRing, clock: systemClock }),
+        };
+      },
       callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
     };
   },

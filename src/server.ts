@@ -22,10 +22,12 @@ import { AUDIT_CONTROLS } from "./platform/audit/controls.ts";
 import { type CommandResult, serveControlSocket } from "./platform/cli/control-socket.ts";
 import { type Clock, systemClock } from "./platform/clock.ts";
 import { NormalisationError } from "./platform/crypto/blind-index.ts";
+import { keysSocketHandlers } from "./platform/crypto/cli.ts";
 import { deriveKey } from "./platform/crypto/derive.ts";
 import { openJournal } from "./platform/crypto/journal.ts";
 import { type ReplayHandlers, replayJournal } from "./platform/crypto/journal-replay.ts";
 import { loadMasterKey } from "./platform/crypto/master-key.ts";
+import { assertNoUnfinishedRotation } from "./platform/crypto/master-rotation.ts";
 import { loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { prepareDataDir } from "./platform/data-dir.ts";
 import { type Database, openConfiguredDatabase } from "./platform/db/index.ts";
@@ -201,6 +203,7 @@ export async function startServer(
     scheduleCheckpoints(jobs, checkpointWriter);
     scheduleFactorResets(jobs, identityDeps);
     options.defineJobs?.(jobs);
+    await assertNoUnfinishedRotation(db);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
     await replayJournal({ db, entries: journal.entriesAtOpen, clock, handlers: options.replayHandlers });
@@ -236,6 +239,7 @@ export async function startServer(
       "mail-outbox": () => mailOutboxCommand(mailer),
       "operator-setup-link": () => operatorSetupLinkCommand({ db, clock, config }),
       "account-reset-factors": (args) => resetFactorsCommand(identityDeps, args.email),
+      ...keysSocketHandlers(),
       ...auditSocketHandlers(db, {
         dir: paths.checkpoints,
         clock,

@@ -1,3 +1,4 @@
+import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { APPLICATION_INVENTORY } from "../src/modules/inventory.ts";
 import { PLATFORM_TABLES } from "../src/platform/db/index.ts";
@@ -53,6 +54,21 @@ describe.each(DATABASE_KINDS)("inventory against the live catalog on %s (P1)", (
     expect(declared).toEqual(
       expect.arrayContaining(["tenants", "tenant_features", "legal_holds", "schema_migrations"]),
     );
+  });
+
+  it("marks every blind index column (bytea named *_index) with the column it indexes (E4: rotation re-keys it)", async () => {
+    const { rows } = await t.db.withPlatform((tx) =>
+      sql<{ name: string }>`
+        SELECT table_name || '.' || column_name AS name FROM information_schema.columns
+        WHERE table_schema = 'public' AND data_type = 'bytea' AND column_name LIKE '%\_index'`.execute(tx),
+    );
+    const marked = inventoryTables(APPLICATION_INVENTORY).flatMap((table) =>
+      Object.entries(table.columns).flatMap(([column, entry]) =>
+        entry.blindIndexOf ? [`${table.table}.${column}`] : [],
+      ),
+    );
+    expect(rows.map((r) => r.name).sort()).toEqual(marked.sort());
+    expect(marked.length).toBeGreaterThan(0);
   });
 
   it("catches an unclassified column and an unclassified table", async () => {

@@ -26,6 +26,11 @@ const NINETY_DAYS: Retention = { anchor: "event-time", duration: "P90D", action:
 const account = (purpose: string) => personal("account", purpose, WITH_ACCOUNT);
 const sealedUnderPerson = (purpose: string) =>
   personal("account", purpose, WITH_ACCOUNT, { keyScope: "person", erasure: { action: "crypto-shred" } });
+/** The blind index of the row's sealed `email` (a master key rotation recomputes it from there). */
+const indexOfEmail = (entry: ColumnEntry): ColumnEntry => ({
+  ...entry,
+  blindIndexOf: { column: "email", kind: "email" },
+});
 const auth = (purpose: string, retention: Retention = NINETY_DAYS) => personal("authentication", purpose, retention);
 const secret = (purpose: string, retention: Retention = NINETY_DAYS) =>
   notPersonal("authentication", `${purpose}; a hash of a random secret, naming no one`, retention);
@@ -37,7 +42,9 @@ const users = defineTable("users", {
   columns: {
     id: account("identifies the user; pseudonymous actor id on the platform audit chains"),
     email: sealedUnderPerson("the address the user signs in with and receives account mail at; encrypted"),
-    email_index: account("finds the account by address at sign-in (keyed blind index, no address in clear)"),
+    email_index: indexOfEmail(
+      account("finds the account by address at sign-in (keyed blind index, no address in clear)"),
+    ),
     email_verified_at: account("when the user proved they control the address (unverified accounts get no access)"),
     display_name: account("how the user is named to the members of tenants they share (T7)"),
     avatar_file_id: account("the user's picture, shown beside their display name (T7)"),
@@ -68,7 +75,7 @@ const accountTokens = defineTable("account_tokens", {
         erasure: { action: "crypto-shred" },
       },
     ),
-    email_index: auth("refuses an email change to an address another verified account holds"),
+    email_index: indexOfEmail(auth("refuses an email change to an address another verified account holds")),
     created_at: auth("when the token was sent"),
     expires_at: auth("when the token stops working (30 minutes for password resets)"),
     used_at: auth("when the token was redeemed: it works once"),
@@ -186,7 +193,7 @@ const invitations = defineTable("invitations", {
         erasure: { action: "delete" },
       },
     ),
-    email_index: personal("account", "finds invitations to an address (keyed blind index)", NINETY_DAYS),
+    email_index: indexOfEmail(personal("account", "finds invitations to an address (keyed blind index)", NINETY_DAYS)),
     role: notPersonal("account", "the role the invitation grants", NINETY_DAYS),
     token_hash: secret("redeems the invitation (SHA-256; the token is only in the email)"),
     invited_by: byMember("invited_by", "who sent the invitation"),

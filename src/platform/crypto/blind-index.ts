@@ -10,7 +10,8 @@ import { MasterKey } from "./master-key.ts";
  * without the key the index reveals nothing, not even across tenants, whose index keys differ.
  */
 
-export type BlindIndexKind = "email" | "phone";
+export const BLIND_INDEX_KINDS = ["email", "phone"] as const;
+export type BlindIndexKind = (typeof BLIND_INDEX_KINDS)[number];
 export type BlindIndexScope = "platform" | { tenantId: string };
 
 /** An email address or phone number cannot be normalised. The message never contains the input. */

@@ -137,8 +137,30 @@ const erasedSubjects = defineTable("erased_subjects", {
   },
 });
 
-/** The key ring's tables: migration 0003. */
+const masterKeyRotations = defineTable("master_key_rotations", {
+  owner: "platform",
+  row: "one rotation of the master key (master-rotation.ts): start-up refuses to serve while one is unfinished",
+  subject: { kind: "none" },
+  columns: {
+    id: system("identifies the rotation"),
+    from_fingerprint: system("the master key rotated from (a fingerprint, which does not reveal the key)"),
+    to_fingerprint: system("the master key rotated to (its fingerprint)"),
+    started_at: system("when the rotation started"),
+    completed_at: system("when every key and blind index was moved to the new master key; NULL until then"),
+  },
+});
+
+/** The key ring's tables: migrations 0003 and 0017. */
 export const cryptoInventory: ModuleInventory = {
   module: "crypto",
-  tables: [platformKeys, personKeys, erasedPeople, journalReplays, tenantKeys, subjectKeys, erasedSubjects],
+  tables: [
+    platformKeys,
+    personKeys,
+    erasedPeople,
+    journalReplays,
+    tenantKeys,
+    subjectKeys,
+    erasedSubjects,
+    masterKeyRotations,
+  ],
 };

@@ -122,7 +122,7 @@ function checkOwner(owner: KeyOwner): void {
  * The owner is part of each wrap label, so a wrapped key moved onto another owner's row (another tenant,
  * another subject) does not unwrap there, even though its key id is unchanged.
  */
-const labels = {
+export const wrapLabels = {
   platform: (keyId: string): WrapLabel => ({ keyId, purpose: "platform" }),
   person: (keyId: string, personId: string): WrapLabel => ({ keyId, purpose: `person/${personId}` }),
   tenant: (keyId: string, tenantId: string): WrapLabel => ({ keyId, purpose: `tenant/${tenantId}` }),
@@ -284,7 +284,7 @@ export function createKeyRing(options: {
 
   function openPlatformKey(row: WrappedRow & { master_key_fingerprint: string }): DataKey {
     checkFingerprint("platform", row.master_key_fingerprint);
-    return withMaster((m) => unwrapped(m, row, labels.platform(row.id))) as DataKey;
+    return withMaster((m) => unwrapped(m, row, wrapLabels.platform(row.id))) as DataKey;
   }
 
   async function insertPlatformKey(tx: Tx): Promise<DataKey> {
@@ -301,7 +301,7 @@ export function createKeyRing(options: {
       .values({
         id: key.id,
         version: key.version,
-        wrapped_key: withMaster((m) => wrapKey(m, key.bytes, labels.platform(key.id))),
+        wrapped_key: withMaster((m) => wrapKey(m, key.bytes, wrapLabels.platform(key.id))),
         master_key_fingerprint: masterKey.fingerprint,
         created_at: clock.now(),
       })
@@ -326,7 +326,7 @@ export function createKeyRing(options: {
   function openTenantKey(tenantId: string, row: WrappedRow & { master_key_fingerprint: string }): DataKey | undefined {
     if (row.wrapped_key === null) return undefined;
     checkFingerprint("tenant", row.master_key_fingerprint);
-    return withMaster((m) => unwrapped(m, row, labels.tenant(row.id, tenantId)));
+    return withMaster((m) => unwrapped(m, row, wrapLabels.tenant(row.id, tenantId)));
   }
 
   const newestLiveTenantKey = (tx: Tx, tenantId: string) =>
@@ -358,7 +358,7 @@ export function createKeyRing(options: {
         tenant_id: tenantId,
         id: key.id,
         version: key.version,
-        wrapped_key: withMaster((m) => wrapKey(m, key.bytes, labels.tenant(key.id, tenantId))),
+        wrapped_key: withMaster((m) => wrapKey(m, key.bytes, wrapLabels.tenant(key.id, tenantId))),
         master_key_fingerprint: masterKey.fingerprint,
         created_at: clock.now(),
         destroyed_at: null,
@@ -411,7 +411,7 @@ export function createKeyRing(options: {
     });
     if (!parent) throw new TenantDeletedError();
     try {
-      return unwrapped(parent.bytes, row, labels.subject(row.id, tenantId, subjectId)) as DataKey;
+      return unwrapped(parent.bytes, row, wrapLabels.subject(row.id, tenantId, subjectId)) as DataKey;
     } finally {
       parent.bytes.fill(0);
     }
@@ -449,7 +449,7 @@ export function createKeyRing(options: {
           subject_id: subjectId,
           version: key.version,
           tenant_key_id: parent.id,
-          wrapped_key: wrapKey(parent.bytes, key.bytes, labels.subject(key.id, tenantId, subjectId)),
+          wrapped_key: wrapKey(parent.bytes, key.bytes, wrapLabels.subject(key.id, tenantId, subjectId)),
           created_at: clock.now(),
           destroyed_at: null,
         })
@@ -499,7 +499,7 @@ export function createKeyRing(options: {
       master_key_fingerprint: row.master_key_fingerprint,
     });
     try {
-      return unwrapped(parent.bytes, row, labels.person(row.id, personId)) as DataKey;
+      return unwrapped(parent.bytes, row, wrapLabels.person(row.id, personId)) as DataKey;
     } finally {
       parent.bytes.fill(0);
     }
@@ -533,7 +533,7 @@ export function createKeyRing(options: {
           person_id: personId,
           version: key.version,
           platform_key_id: parent.id,
-          wrapped_key: wrapKey(parent.bytes, key.bytes, labels.person(key.id, personId)),
+          wrapped_key: wrapKey(parent.bytes, key.bytes, wrapLabels.person(key.id, personId)),
           created_at: clock.now(),
           destroyed_at: null,
         })
@@ -614,7 +614,8 @@ export function createKeyRing(options: {
               master_key_fingerprint: row.master_key_fingerprint,
             }),
           );
-          const key = tenantKey && unwrapped(tenantKey.bytes, row, labels.subject(row.id, tenantId, row.subject_id));
+          const key =
+            tenantKey && unwrapped(tenantKey.bytes, row, wrapLabels.subject(row.id, tenantId, row.subject_id));
           if (key) keys.set(row.id, key);
         }
         if (missing().length > 0) {
@@ -658,7 +659,7 @@ export function createKeyRing(options: {
               master_key_fingerprint: row.master_key_fingerprint,
             }),
           );
-          const key = platformKey && unwrapped(platformKey.bytes, row, labels.person(row.id, row.person_id));
+          const key = platformKey && unwrapped(platformKey.bytes, row, wrapLabels.person(row.id, row.person_id));
           if (key) keys.set(row.id, key);
         }
       }

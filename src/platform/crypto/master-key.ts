@@ -93,17 +93,16 @@ function insideDatabase(path: string, paths: DataDirPaths): boolean {
   return isInside(resolve(path), resolve(paths.db)) || isInside(realLocation(path), realLocation(paths.db));
 }
 
-function refuseInsideDatabase(source: Extract<MasterKeySource, { path: string }>, paths: DataDirPaths): void {
-  if (insideDatabase(source.path, paths)) {
+function refuseInsideDatabase(path: string, label: string, paths: DataDirPaths): void {
+  if (insideDatabase(path, paths)) {
     throw new MasterKeyError(
-      `${fileLabel(source)} is inside the database directory ${paths.db}; keep the key outside it so the database can be copied without its key`,
+      `${label} is inside the database directory ${paths.db}; keep the key outside it so the database can be copied without its key`,
     );
   }
 }
 
-function readKeyFile(source: Extract<MasterKeySource, { path: string }>): MasterKey {
-  const label = fileLabel(source);
-  const content = readPrivateKeyFile(source.path, label, MAX_FILE_BYTES, (m) => new MasterKeyError(m));
+function readKeyFile(path: string, label: string): MasterKey {
+  const content = readPrivateKeyFile(path, label, MAX_FILE_BYTES, (m) => new MasterKeyError(m));
   const key = content.length === KEY_BYTES ? content : decodeText(content.toString("latin1"));
   if (!key) {
     throw new MasterKeyError(
@@ -139,16 +138,29 @@ export function loadMasterKey(
     if (!key) throw new MasterKeyError("CHARTER_MASTER_KEY must be 32 bytes in base64 (44 characters) or hex (64)");
     return new MasterKey(key);
   }
-  refuseInsideDatabase(source, paths);
-  if (source.kind === "file") return readKeyFile(source);
+  const label = fileLabel(source);
+  refuseInsideDatabase(source.path, label, paths);
+  if (source.kind === "file") return readKeyFile(source.path, label);
 
   const generated = generateKeyFile(source.path);
-  if (!generated) return readKeyFile(source);
+  if (!generated) return readKeyFile(source.path, label);
   log(
     `WARNING: generated a new master key (fingerprint ${generated.fingerprint}) in the data directory at ${source.path}; ` +
       "production must keep the master key elsewhere: CHARTER_MASTER_KEY_FILE on a separate volume or secret store, or CHARTER_MASTER_KEY",
   );
   return generated;
+}
+
+/**
+ * The key a master key rotation moves to, from the file at `path` (`--new-key-file`), under the same rules
+ * as the master key's own file (private to its owner, outside the database directory). A file that does not
+ * exist yet is created with a new random key (mode 0600), so running the rotation again uses the same key.
+ */
+export function newMasterKeyFile(path: string, paths: DataDirPaths): { key: MasterKey; created: boolean } {
+  const label = `--new-key-file ${path}`;
+  refuseInsideDatabase(path, label, paths);
+  const generated = generateKeyFile(path);
+  return generated ? { key: generated, created: true } : { key: readKeyFile(path, label), created: false };
 }
 
 /**

@@ -9,6 +9,7 @@ declare module "../db/schema.ts" {
     tenant_keys: TenantKeysTable;
     subject_keys: SubjectKeysTable;
     erased_subjects: ErasedSubjectsTable;
+    master_key_rotations: MasterKeyRotationsTable;
   }
 }
 
@@ -77,4 +78,13 @@ export interface ErasedSubjectsTable {
   id: string;
   subject_id: string;
   erased_at: ColumnType<Date, Date | string, never>;
+}
+
+/** Migration 0017: one master key rotation (master-rotation.ts); completed_at NULL while it is unfinished. */
+export interface MasterKeyRotationsTable {
+  id: string;
+  from_fingerprint: string;
+  to_fingerprint: string;
+  started_at: ColumnType<Date, Date | string, never>;
+  completed_at: ColumnType<Date | null, Date | string | null | undefined, Date | string>;
 }

@@ -7,6 +7,7 @@ export const PLATFORM_TABLES: Readonly<Record<string, string>> = {
   rate_limit_buckets: "rate-limit counters keyed by a keyed hash of address, account or token, across tenants",
   schema_migrations: "the migration history of the one shared schema",
   platform_keys: "the platform key's versions, wrapped by the master key; the platform is in no tenant",
+  master_key_rotations: "rotations of the master key, which wraps the platform's and every tenant's key",
   person_keys: "keys of people the platform itself holds data about (users are global, in no one tenant)",
   erased_people: "people erased from the platform's own data, global like the people themselves",
   journal_replays: "how far this database applied the destruction journal, which spans all tenants",

@@ -1,3 +1,4 @@
+import type { BlindIndexKind } from "../crypto/blind-index.ts";
 import type { Tables } from "../db/schema.ts";
 
 /**
@@ -115,6 +116,12 @@ export interface ColumnEntry {
   retention: Retention | null;
   /** Whose data this column is, when not the row's subject (e.g. the member who last changed a row). */
   subject?: SubjectLocator;
+  /**
+   * The column is the keyed blind index (crypto/blind-index.ts) of the normalised value sealed in the
+   * encrypted column `of` of the same row, under the row's scope (the platform's index key on a platform
+   * table, the tenant's on a tenant table). A master key rotation recomputes it from that column.
+   */
+  blindIndexOf?: { column: string; kind: BlindIndexKind };
 }
 
 export interface TableInventory {

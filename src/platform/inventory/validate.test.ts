@@ -65,6 +65,22 @@ describe("validateInventory", () => {
     expect(validateInventory(inventory(people, notes))).toEqual([]);
   });
 
+  it("accepts a blind index of an encrypted column of its row, and rejects one of anything else", () => {
+    const index = (of: string, kind = "email") =>
+      withColumn("email_index", {
+        ...system("finds the person by address"),
+        blindIndexOf: { column: of, kind } as never,
+      });
+    expect(validateInventory(index("email"))).toEqual([]);
+    expect(validateInventory(index("address"))).toEqual([
+      "people.email_index: the blind index of address, which is not a column of people",
+    ]);
+    expect(validateInventory(index("id"))).toEqual([
+      "people.email_index: the blind index of id, which is not encrypted",
+    ]);
+    expect(validateInventory(index("email", "name"))).toEqual(['people.email_index: unknown blind index kind "name"']);
+  });
+
   it("rejects a legal hold on a column encrypted under a key that erasure destroys", () => {
     expect(validateInventory(withColumn("email", { erasure: { action: "keep-under-legal-hold" } }))).toEqual([
       "people.email: kept under legal hold but encrypted under the subject key, which erasure destroys",

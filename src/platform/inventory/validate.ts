@@ -1,3 +1,4 @@
+import { BLIND_INDEX_KINDS } from "../crypto/blind-index.ts";
 import {
   ANONYMISE_STRATEGIES,
   CATEGORIES,
@@ -98,6 +99,15 @@ function locatorProblems(
   return problems;
 }
 
+function blindIndexProblems(t: TableInventory, index: NonNullable<ColumnEntry["blindIndexOf"]>): string[] {
+  const source = t.columns[index.column];
+  if (!source) return [`the blind index of ${index.column}, which is not a column of ${t.table}`];
+  const problems: string[] = [];
+  if (source.keyScope === null) problems.push(`the blind index of ${index.column}, which is not encrypted`);
+  if (!includes(BLIND_INDEX_KINDS, index.kind)) problems.push(`unknown blind index kind "${index.kind}"`);
+  return problems;
+}
+
 function columnProblems(
   t: TableInventory,
   column: string,
@@ -149,6 +159,8 @@ function columnProblems(
   if (scope === "platform" && t.owner === "tenant") {
     fail("encrypted under the platform key on a tenant table: deleting the tenant would not shred it");
   }
+
+  if (c.blindIndexOf) problems.push(...blindIndexProblems(t, c.blindIndexOf).map((text) => `${where}: ${text}`));
 
   const r = c.retention;
   if (r) {
