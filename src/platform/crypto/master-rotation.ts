@@ -196,6 +196,21 @@ export async function rotateMasterKey(
   const ring = createKeyRing({ db, masterKey: from, clock });
   const report: MasterKeyRotationReport = { resumed: false, keys: 0, indexes: 0, tenants: 0 };
 
+  /** Every blind index of the scope's tables, under the scope's index key from the new master key. */
+  async function reindexScope(tx: Tx, scope: BlindIndexScope): Promise<number> {
+    const indexKey = blindIndexKey(to, scope);
+    const [owner, tenantId] =
+      scope === "platform" ? (["platform", null] as const) : (["tenant", scope.tenantId] as const);
+    let count = 0;
+    try {
+      for (const target of blindIndexColumns(inventory, owner))
+        count += await reindex(tx, ring, target, tenantId, indexKey);
+    } finally {
+      indexKey.fill(0);
+    }
+    return count;
+  }
+
   const rotation = await db.withPlatform(async (tx) => {
     await lock(tx, ROTATION_LOCK);
     const open = await unfinishedRotation(tx);
@@ -249,11 +264,7 @@ export async function rotateMasterKey(
     await lock(tx, "key-ring/platform");
     const rows = await tx.selectFrom("platform_keys").select(["id", "wrapped_key", "master_key_fingerprint"]).execute();
     if (scopeState(rows, from, to, "platform") !== "from") return;
-    const indexKey = blindIndexKey(to, "platform");
-    for (const target of blindIndexColumns(inventory, "platform")) {
-      report.indexes += await reindex(tx, ring, target, null, indexKey);
-    }
-    indexKey.fill(0);
+    report.indexes += await reindexScope(tx, "platform");
     for (const row of rows) {
       await tx
         .updateTable("platform_keys")
@@ -288,12 +299,7 @@ export async function rotateMasterKey(
       .where("tenant_id", "=", tenantId)
       .execute();
     if (scopeState(rows, from, to, `tenant ${tenantId}'s`) !== "from") return;
-    const scope: BlindIndexScope = { tenantId };
-    const indexKey = blindIndexKey(to, scope);
-    for (const target of blindIndexColumns(inventory, "tenant")) {
-      report.indexes += await reindex(tx, ring, target, tenantId, indexKey);
-    }
-    indexKey.fill(0);
+    report.indexes += await reindexScope(tx, { tenantId });
     for (const row of rows) {
       // A deleted tenant's keys are destroyed: nothing to wrap, but the row moves with the others.
       const wrapped = row.wrapped_key && rewrap(from, to, row.wrapped_key, wrapLabels.tenant(row.id, tenantId));
