@@ -1,5 +1,9 @@
 import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadConfig } from "../src/config.ts";
 import {
   createUser,
   emailIndexOf,
@@ -23,6 +27,8 @@ import {
 } from "../src/platform/crypto/master-rotation.ts";
 import { createTestKeyRing, type TestKeyRing } from "../src/platform/crypto/testing.ts";
 import type { Tx } from "../src/platform/db/index.ts";
+import type { Control } from "../src/platform/doctor/controls.ts";
+import { kernelControls } from "../src/platform/doctor/kernel-controls.ts";
 import { uuidv7 } from "../src/platform/ids.ts";
 import { createTenant, type Tenant } from "../src/platform/tenancy/tenants.ts";
 import { DATABASE_KINDS, openTestDatabase, type TestDatabase } from "./support/databases.ts";
@@ -170,10 +176,18 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
     }
   }
 
+  /** Doctor's control keys.master-key-wraps, with `key` configured. */
+  const doctor = (key: MasterKey) =>
+    (kernelControls().find((c) => c.id === "keys.master-key-wraps") as Control).check({
+      db: t.db,
+      config: loadConfig({ CHARTER_DATA_DIR: dataDir, CHARTER_MASTER_KEY: key.bytes().toString("base64") }),
+    });
   const rotations = () =>
     t.db.withPlatform((tx) => tx.selectFrom("master_key_rotations").selectAll().orderBy("started_at").execute());
 
+  let dataDir: string;
   beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), "charter-rotation-"));
     t = await openTestDatabase(kind);
     ring = createTestKeyRing(t.db, clock);
     const audit = createTestAudit(t.db, ring, clock);
@@ -194,7 +208,10 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
     );
     sealed.push({ envelope, binding: personValue, value: "a person's note", tenantId: null });
   });
-  afterAll(() => t?.close());
+  afterAll(async () => {
+    await t?.close();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
 
   it("refuses a new key that is the one in use, and a current key that does not open the database", async () => {
     await expect(rotateMasterKey(deps(), ring.masterKey, ring.masterKey)).rejects.toThrow(MasterKeyRotationError);
@@ -248,6 +265,7 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
       completed_at: null,
     });
     await expect(assertNoUnfinishedRotation(t.db)).rejects.toThrow(/unfinished/);
+    expect(await doctor(rotated)).toMatchObject({ ok: false, evidence: expect.stringContaining("is unfinished") });
     const midway = await keyFingerprints();
     expect(new Set(midway.platform)).toEqual(new Set([rotated.fingerprint]));
     // Tenant B's keys and indexes stayed on the old key, in one piece.
@@ -278,6 +296,14 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
     expect(gone.map((r) => r.wrapped_key)).toEqual([null]);
 
     await expectAllReadableWith(createKeyRing({ db: t.db, masterKey: rotated, clock }));
+    expect(await doctor(rotated)).toEqual({
+      ok: true,
+      evidence: `${after.platform.length + after.tenant.length} platform and tenant keys, all wrapped by master key ${rotated.fingerprint}; it replaced master key ${ring.masterKey.fingerprint} on ${clock.now().toISOString()}`,
+    });
+    expect(await doctor(ring.masterKey)).toMatchObject({
+      ok: false,
+      evidence: expect.stringContaining(`keys wrapped by another master key than ${ring.masterKey.fingerprint}`),
+    });
 
     const old = createKeyRing({ db: t.db, masterKey: ring.masterKey, clock });
     await expect(old.ensurePlatformKey()).rejects.toThrow(MasterKeyMismatchError);

@@ -99,6 +99,54 @@ export async function assertNoUnfinishedRotation(db: Database): Promise<void> {
   }
 }
 
+/**
+ * Doctor's evidence that the master key `key` wraps every key it should: no rotation unfinished, the
+ * platform's keys and every tenant's (read in one snapshot, tenant by tenant) wrapped by it, and when it last
+ * replaced another key.
+ */
+export async function masterKeyWrapsEverything(
+  db: Database,
+  key: MasterKey,
+): Promise<{ ok: boolean; evidence: string }> {
+  return db.withSnapshot(async (snapshot) => {
+    const open = await unfinishedRotation(snapshot.tx);
+    if (open) {
+      return {
+        ok: false,
+        evidence: `a rotation from master key ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: run charter keys rotate-master again`,
+      };
+    }
+    const fingerprints = new Map<string, number>();
+    const count = (rows: { master_key_fingerprint: string }[]) => {
+      for (const { master_key_fingerprint: f } of rows) fingerprints.set(f, (fingerprints.get(f) ?? 0) + 1);
+    };
+    count(await snapshot.tx.selectFrom("platform_keys").select("master_key_fingerprint").execute());
+    await snapshot.forEachTenant(async (tenantId, tx) =>
+      count(
+        await tx.selectFrom("tenant_keys").select("master_key_fingerprint").where("tenant_id", "=", tenantId).execute(),
+      ),
+    );
+    const wrapped = fingerprints.get(key.fingerprint) ?? 0;
+    fingerprints.delete(key.fingerprint);
+    if (fingerprints.size > 0) {
+      const others = [...fingerprints].map(([f, n]) => `${n} by ${f}`).join(", ");
+      return { ok: false, evidence: `keys wrapped by another master key than ${key.fingerprint}: ${others}` };
+    }
+    const last = await snapshot.tx
+      .selectFrom("master_key_rotations")
+      .select(["from_fingerprint", "completed_at"])
+      .where("to_fingerprint", "=", key.fingerprint)
+      .executeTakeFirst();
+    const since = last
+      ? `it replaced master key ${last.from_fingerprint} on ${last.completed_at?.toISOString()}`
+      : "it has not been rotated";
+    return {
+      ok: true,
+      evidence: `${wrapped} platform and tenant keys, all wrapped by master key ${key.fingerprint}; ${since}`,
+    };
+  });
+}
+
 const BATCH = 500;
 
 /**

@@ -4,7 +4,8 @@ import { isIP } from "node:net";
 import { join } from "node:path";
 import { JOURNAL_FILE, readJournal } from "../crypto/journal.ts";
 import { unappliedEntries } from "../crypto/journal-replay.ts";
-import { keyFileCheck } from "../crypto/master-key.ts";
+import { keyFileCheck, loadMasterKey } from "../crypto/master-key.ts";
+import { masterKeyWrapsEverything } from "../crypto/master-rotation.ts";
 import { existingSigningKey, signingKeyPath } from "../crypto/signing-key.ts";
 import { prepareDataDir } from "../data-dir.ts";
 import { catalogViolations, inspectRuntimeRole, PLATFORM_TABLES, runtimeRoleProblems } from "../db/index.ts";
@@ -75,6 +76,24 @@ const masterKeyFile: Control = {
   period: "PT1H",
   async check({ config }) {
     return keyFileCheck(config.masterKey, prepareDataDir(config.dataDir));
+  },
+};
+
+const masterKeyWraps: Control = {
+  id: "keys.master-key-wraps",
+  title: "The configured master key wraps every platform and tenant key, and no rotation of it is unfinished",
+  promises: ["E4"],
+  period: "PT1H",
+  async check({ db, config }) {
+    const source = config.masterKey;
+    // Doctor never makes a key: a data directory with none yet has nothing wrapped.
+    if (source.kind === "generated" && !existsSync(source.path)) {
+      return { ok: false, evidence: `no master key at ${source.path} yet: charter migrate or start generates it` };
+    }
+    return masterKeyWrapsEverything(
+      db,
+      loadMasterKey(source, prepareDataDir(config.dataDir), () => {}),
+    );
   },
 };
 
@@ -161,6 +180,7 @@ export const kernelControls = (inventory: Inventory = PLATFORM_INVENTORY): Contr
   dataInventory(inventory),
   migrations,
   masterKeyFile,
+  masterKeyWraps,
   destructionJournal,
   tlsSettings,
 ];
