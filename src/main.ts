@@ -4,7 +4,7 @@ import { APPLICATION_INVENTORY } from "./modules/inventory.ts";
 import { APPLICATION_TEMPLATES } from "./modules/templates.ts";
 import { auditCommands } from "./platform/audit/cli.ts";
 import { createAudit } from "./platform/audit/index.ts";
-import { type CommandResult, callControlSocket } from "./platform/cli/control-socket.ts";
+import { type CommandResult, callControlSocket, type RunMaintenance } from "./platform/cli/control-socket.ts";
 import { systemClock } from "./platform/clock.ts";
 import { keysCommands } from "./platform/crypto/cli.ts";
 import { createKeyRing } from "./platform/crypto/key-ring.ts";
@@ -218,49 +218,42 @@ program
     report(await maintenance("account-reset-factors", cfg, direct, { email }).catch(fail));
   });
 
-auditCommands(
-  program,
-  async (name, args, run) => {
-    report(await maintenance(name, config(), run, args).catch(fail));
-  },
-  () => {
-    const cfg = config();
-    const paths = prepareDataDir(cfg.dataDir);
-    return {
-      dir: paths.checkpoints,
-      clock: systemClock,
-      existingKey: () => existingSigningKey(paths),
-      key: () => loadSigningKey(paths),
-      paths,
-      callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
-    };
-  },
-);
+/** How `charter audit …` and `charter keys …` run their commands: on the database, or inside the running server. */
+const runMaintenance: RunMaintenance = async (name, args, run) => {
+  report(await maintenance(name, config(), run, args).catch(fail));
+};
 
-keysCommands(
-  program,
-  async (name, args, run) => {
-    report(await maintenance(name, config(), run, args).catch(fail));
-  },
-  () => {
-    const cfg = config();
-    const paths = prepareDataDir(cfg.dataDir);
-    return {
-      masterKey: () => userError(() => loadMasterKey(cfg.masterKey, paths)),
-      newKey: (path) => userError(() => newMasterKeyFile(path, paths)),
-      deps: (db) => {
-        // The audit event of the rotation names no one: a key ring over the old key is all it could need.
-        const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
-        return {
-          db,
-          clock: systemClock,
-          inventory: APPLICATION_INVENTORY,
-          audit: createAudit({ db, keyRing, clock: systemClock }),
-        };
-      },
-      callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
-    };
-  },
-);
+auditCommands(program, runMaintenance, () => {
+  const cfg = config();
+  const paths = prepareDataDir(cfg.dataDir);
+  return {
+    dir: paths.checkpoints,
+    clock: systemClock,
+    existingKey: () => existingSigningKey(paths),
+    key: () => loadSigningKey(paths),
+    paths,
+    callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
+  };
+});
+
+keysCommands(program, runMaintenance, () => {
+  const cfg = config();
+  const paths = prepareDataDir(cfg.dataDir);
+  return {
+    masterKey: () => userError(() => loadMasterKey(cfg.masterKey, paths)),
+    newKey: (path) => userError(() => newMasterKeyFile(path, paths)),
+    deps: (db) => {
+      // The audit event of the rotation names no one: a key ring over the old key is all it could need.
+      const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
+      return {
+        db,
+        clock: systemClock,
+        inventory: APPLICATION_INVENTORY,
+        audit: createAudit({ db, keyRing, clock: systemClock }),
+      };
+    },
+    callServer: (name) => callControlSocket(controlSocketPath(cfg), name).catch(() => undefined),
+  };
+});
 
 await program.parseAsync(process.argv);

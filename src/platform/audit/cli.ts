@@ -1,7 +1,7 @@
 import { closeSync, openSync, writeSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import type { CommandHandler, CommandResult } from "../cli/control-socket.ts";
+import type { CommandHandler, CommandResult, RunMaintenance } from "../cli/control-socket.ts";
 import type { Clock } from "../clock.ts";
 import type { SigningKey } from "../crypto/signing-key.ts";
 import type { DataDirPaths } from "../data-dir.ts";
@@ -37,13 +37,6 @@ export interface AuditCliAccess extends CheckpointAccess {
   /** Runs a command inside the server of this data directory; undefined when no server answers. */
   callServer(name: string): Promise<CommandResult | undefined>;
 }
-
-/** How main.ts runs a maintenance command: on the database, or inside the running server. */
-export type RunMaintenance = (
-  name: string,
-  args: Record<string, string>,
-  command: (db: Database) => Promise<CommandResult>,
-) => Promise<void>;
 
 function text(args: Record<string, unknown>, name: string): string | undefined {
   const value = args[name];

@@ -1,5 +1,6 @@
 import { chmodSync, existsSync, unlinkSync } from "node:fs";
 import { createConnection, createServer, type Server } from "node:net";
+import type { Database } from "../db/index.ts";
 
 /** The result of a maintenance command, whether it ran in this process or inside the server. */
 export interface CommandResult {
@@ -8,6 +9,16 @@ export interface CommandResult {
 }
 
 export type CommandHandler = (args: Record<string, unknown>) => Promise<CommandResult>;
+
+/**
+ * How main.ts runs a maintenance command: on the database, or, when a server holds the embedded database,
+ * inside that server through this socket (as the handler registered under `name`).
+ */
+export type RunMaintenance = (
+  name: string,
+  args: Record<string, string>,
+  command: (db: Database) => Promise<CommandResult>,
+) => Promise<void>;
 
 const MAX_REQUEST = 64 * 1024;
 

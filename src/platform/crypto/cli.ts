@@ -1,7 +1,6 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import type { RunMaintenance } from "../audit/cli.ts";
-import type { CommandHandler, CommandResult } from "../cli/control-socket.ts";
+import type { CommandHandler, CommandResult, RunMaintenance } from "../cli/control-socket.ts";
 import type { Database } from "../db/index.ts";
 import { MasterKeyMismatchError } from "./key-ring.ts";
 import type { MasterKey } from "./master-key.ts";
