@@ -27,7 +27,7 @@ import { deriveKey } from "./platform/crypto/derive.ts";
 import { openJournal } from "./platform/crypto/journal.ts";
 import { type ReplayHandlers, replayJournal } from "./platform/crypto/journal-replay.ts";
 import { loadMasterKey } from "./platform/crypto/master-key.ts";
-import { assertNoUnfinishedRotation } from "./platform/crypto/master-rotation.ts";
+import { checkMasterKeyRotations } from "./platform/crypto/master-rotation.ts";
 import { loadSigningKey } from "./platform/crypto/signing-key.ts";
 import { prepareDataDir } from "./platform/data-dir.ts";
 import { type Database, openConfiguredDatabase } from "./platform/db/index.ts";
@@ -203,7 +203,7 @@ export async function startServer(
     scheduleCheckpoints(jobs, checkpointWriter);
     scheduleFactorResets(jobs, identityDeps);
     options.defineJobs?.(jobs);
-    await assertNoUnfinishedRotation(db);
+    await checkMasterKeyRotations(db, masterKey);
     await keyRing.ensurePlatformKey();
     // Destructions journalled but never committed, or undone by a restore, happen before anything is served.
     await replayJournal({ db, entries: journal.entriesAtOpen, clock, handlers: options.replayHandlers });

@@ -19,7 +19,7 @@ import type { Binding } from "../src/platform/crypto/envelope.ts";
 import { createKeyRing, type KeyRing, MasterKeyMismatchError } from "../src/platform/crypto/key-ring.ts";
 import { MasterKey } from "../src/platform/crypto/master-key.ts";
 import {
-  assertNoUnfinishedRotation,
+  checkMasterKeyRotations,
   MASTER_KEY_ROTATED,
   type MasterKeyRotationDeps,
   MasterKeyRotationError,
@@ -264,7 +264,7 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
       to_fingerprint: rotated.fingerprint,
       completed_at: null,
     });
-    await expect(assertNoUnfinishedRotation(t.db)).rejects.toThrow(/unfinished/);
+    await expect(checkMasterKeyRotations(t.db, ring.masterKey)).rejects.toThrow(/unfinished/);
     expect(await doctor(rotated)).toMatchObject({ ok: false, evidence: expect.stringContaining("is unfinished") });
     const midway = await keyFingerprints();
     expect(new Set(midway.platform)).toEqual(new Set([rotated.fingerprint]));
@@ -278,7 +278,11 @@ describe.each(DATABASE_KINDS)("master key rotation on %s", (kind) => {
     await setEmail(original.email);
     const report = await rotateMasterKey(deps(), ring.masterKey, rotated);
     expect(report.resumed).toBe(true);
-    await assertNoUnfinishedRotation(t.db);
+    await checkMasterKeyRotations(t.db, rotated);
+    // Start-up with the old key names the key to configure.
+    await expect(checkMasterKeyRotations(t.db, ring.masterKey)).rejects.toThrow(
+      `master key ${ring.masterKey.fingerprint} was rotated to ${rotated.fingerprint}`,
+    );
     const [done] = await rotations();
     expect(done?.completed_at).toEqual(clock.now());
   });

@@ -85,16 +85,31 @@ export function unfinishedRotation(tx: Tx) {
 }
 
 /**
- * Start-up's check: no rotation is unfinished. (That every key is wrapped by the loaded master key is the
- * key ring's own check, on each key it opens.)
+ * Start-up's check, before the key ring opens a key: no rotation is unfinished, and the loaded master key was
+ * not rotated away from (then the message names the key to configure instead). That every key is wrapped by
+ * the loaded key is the key ring's own check, on each key it opens.
  */
-export async function assertNoUnfinishedRotation(db: Database): Promise<void> {
-  const open = await db.withPlatform(unfinishedRotation);
+export async function checkMasterKeyRotations(db: Database, loaded: MasterKey): Promise<void> {
+  const { open, replaced } = await db.withPlatform(async (tx) => ({
+    open: await unfinishedRotation(tx),
+    replaced: await tx
+      .selectFrom("master_key_rotations")
+      .select(["to_fingerprint", "completed_at"])
+      .where("from_fingerprint", "=", loaded.fingerprint)
+      .where("completed_at", "is not", null)
+      .executeTakeFirst(),
+  }));
   if (open) {
     throw new MasterKeyRotationError(
       `a master key rotation from ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: stop every ` +
         `server and run charter keys rotate-master again with master key ${open.from_fingerprint} configured and ` +
         `--new-key-file holding ${open.to_fingerprint}`,
+    );
+  }
+  if (replaced) {
+    throw new MasterKeyRotationError(
+      `master key ${loaded.fingerprint} was rotated to ${replaced.to_fingerprint} on ` +
+        `${replaced.completed_at?.toISOString()}: configure master key ${replaced.to_fingerprint} (the rotation's --new-key-file)`,
     );
   }
 }
