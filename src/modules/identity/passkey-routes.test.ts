@@ -13,6 +13,7 @@ import { manualClock } from "../../platform/clock.ts";
 import { SECOND_FACTOR_PER_ACCOUNT } from "./code-factors.ts";
 import { CHALLENGE_LIFETIME_MS } from "./passkeys.ts";
 import { RECENT_AUTHENTICATION_MS } from "./sessions.ts";
+import { BURST_FAILURES, BURST_WINDOW_MS } from "./sign-in-alerts.ts";
 import { randomAddress, signIn, type TestUser, useIdentityTestApp } from "./testing.ts";
 
 const SESSION = "__Host-charter_session";
@@ -406,6 +407,34 @@ describe.each(DATABASE_KINDS)("passkey routes on %s", (kind) => {
         expect(anonymous).toMatchObject({ actor_kind: "anonymous", details: { purpose: "sign-in", reason } });
       }
       expect(await events("auth.signed-in", user.id)).toHaveLength(signedInBefore);
+    });
+
+    it("counts refusals of a known credential as failed sign-ins of its owner: a burst alerts, so does a success after (A6)", async () => {
+      const { user, b: owner } = await userWithPasskey();
+      const b = browser(owner.authenticator);
+      expect((await passkeySignIn(b)).statusCode).toBe(200);
+      const alertsOf = (kind: string) =>
+        world.t.db.withPlatform((tx) =>
+          tx
+            .selectFrom("user_alerts")
+            .select("details")
+            .where("user_id", "=", user.id)
+            .where("kind", "=", kind as never)
+            .execute(),
+        );
+      for (let i = 0; i < BURST_FAILURES; i++) {
+        expect((await passkeySignIn(b, { userVerified: false })).statusCode).toBe(401);
+        expect(await alertsOf("failed-sign-in-burst")).toHaveLength(i === BURST_FAILURES - 1 ? 1 : 0);
+      }
+      expect(await alertsOf("failed-sign-in-burst")).toEqual([
+        { details: { failures: BURST_FAILURES, windowMinutes: BURST_WINDOW_MS / 60_000 } },
+      ]);
+      expect(await alertsOf("sign-in-after-failures")).toEqual([]);
+      expect((await passkeySignIn(b)).statusCode).toBe(200);
+      expect(await alertsOf("sign-in-after-failures")).toEqual([{ details: { failures: BURST_FAILURES } }]);
+      // The success started the count again: the next success alerts nothing.
+      expect((await passkeySignIn(b)).statusCode).toBe(200);
+      expect(await alertsOf("sign-in-after-failures")).toHaveLength(1);
     });
 
     it("refuses an unknown credential, without naming anyone", async () => {

@@ -35,7 +35,7 @@ import {
   reauthenticate,
   type SessionPrincipal,
 } from "./sessions.ts";
-import { rememberSignInDevice } from "./sign-in-alerts.ts";
+import { countSuccessfulSignIn, rememberSignInDevice } from "./sign-in-alerts.ts";
 import { type BackoffTarget, recordSuccess } from "./throttle.ts";
 import { hashToken, isTokenShaped, newToken } from "./tokens.ts";
 
@@ -246,6 +246,7 @@ export function passkeySessionRoutes(deps: IdentityDeps, access: IdentityAccessC
               details: { method: "passkey", userVerified: proven.userVerified },
               requestId: request.requestId,
             });
+            await countSuccessfulSignIn(deps, tx, userId, request.requestId);
             const device = await rememberSignInDevice(deps, tx, presentedDeviceToken(raw, publicUrl), {
               userId,
               method: "passkey",

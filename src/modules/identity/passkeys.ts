@@ -13,8 +13,10 @@ import { type Selectable, sql } from "kysely";
 import type { Actor } from "../../platform/audit/index.ts";
 import type { Tx } from "../../platform/db/index.ts";
 import { uuidv7 } from "../../platform/ids.ts";
+import type { AlertDeps } from "./alerts.ts";
 import type { IdentityDeps } from "./deps.ts";
 import type { PasskeyDeviceType, PasskeysTable, WebauthnChallengePurpose } from "./schema.ts";
+import { countFailedSignIn } from "./sign-in-alerts.ts";
 import { type BackoffTarget, recordFailure } from "./throttle.ts";
 import { hashToken, sameHash } from "./tokens.ts";
 import { userEmail } from "./users.ts";
@@ -558,7 +560,7 @@ export async function removePasskey(tx: Tx, input: { userId: string; passkeyId: 
  * (the request is refused and rolls back): its purpose and reason, never the response.
  */
 export async function recordPasskeyFailure(
-  deps: Pick<IdentityDeps, "db" | "audit" | "clock" | "keyRing">,
+  deps: Pick<IdentityDeps, "db"> & AlertDeps,
   input: {
     purpose: WebauthnChallengePurpose;
     failure: PasskeyFailure;
@@ -578,6 +580,11 @@ export async function recordPasskeyFailure(
   const actor: Actor = userId === undefined ? { kind: "anonymous", id: null } : { kind: "user", id: userId };
   await deps.db.withPlatform(async (tx) => {
     if (backoff) await recordFailure(tx, deps, backoff, { requestId: input.requestId, actor, userId: subject });
+    // A passkey sign-in refused once its credential was found is a failed sign-in to the credential's owner,
+    // counted towards their burst alert like a wrong password (A6).
+    if (input.purpose === "sign-in" && userId === undefined && failure.ownerId !== null) {
+      await countFailedSignIn(deps, tx, failure.ownerId, input.requestId);
+    }
     await deps.audit.record(tx, {
       tenantId: null,
       stream: "security",
