@@ -8,6 +8,7 @@ import { createOutboundClient } from "../../platform/net/index.ts";
 import { sessionCookieName } from "./cookies.ts";
 import { deviceCookieName } from "./devices.ts";
 import type { SessionFactor } from "./schema.ts";
+import { FAILURES_BEFORE_SUCCESS } from "./sign-in-alerts.ts";
 import { ssoBindingCookieName } from "./sso-binding.ts";
 import { ssoRedirectUri } from "./sso-configurations.ts";
 import { SSO_START_PER_ADDRESS } from "./sso-routes.ts";
@@ -20,7 +21,7 @@ import {
   type TenantWithOwner,
   TestBrowser,
 } from "./sso-testing.ts";
-import { buildIdentityTestApp, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
+import { buildIdentityTestApp, randomAddress, TEST_PUBLIC_URL, useIdentityTestApp } from "./testing.ts";
 import { hashToken } from "./tokens.ts";
 
 const SESSION = sessionCookieName(TEST_PUBLIC_URL);
@@ -250,6 +251,39 @@ describe.each(DATABASE_KINDS)("single sign-on against a local OpenID provider on
         .execute(),
     );
     expect(copies).toEqual([{ kind: "new-device" }]);
+  });
+
+  it("alerts a sign-in through the provider after failed sign-ins to the account, and starts the count again (A6)", async () => {
+    const configuration = await h.configure(a.tenant.id);
+    const email = `hopper-${unique()}@a.example`;
+    const login = h.person({ email, email_verified: true });
+    const browser = new TestBrowser(world.app);
+    expect((await h.signInThrough(browser, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
+    const [user] = await h.usersByEmail(email);
+    const afterFailures = () =>
+      world.t.db.withPlatform((tx) =>
+        tx
+          .selectFrom("user_alerts")
+          .select("details")
+          .where("user_id", "=", user?.id as string)
+          .where("kind", "=", "sign-in-after-failures")
+          .execute(),
+      );
+    for (let i = 0; i < FAILURES_BEFORE_SUCCESS; i++) {
+      const wrong = await world.app.app.inject({
+        method: "POST",
+        url: "/api/v1/sessions",
+        remoteAddress: randomAddress(),
+        headers: { "sec-fetch-site": "same-origin" },
+        payload: { email, password: "a guess at a password it does not have" },
+      });
+      expect(wrong.statusCode).toBe(401);
+    }
+    expect(await afterFailures()).toEqual([]);
+    expect((await h.signInThrough(browser, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
+    expect(await afterFailures()).toEqual([{ details: { failures: FAILURES_BEFORE_SUCCESS } }]);
+    expect((await h.signInThrough(browser, a.tenant.id, configuration.id, login)).response.statusCode).toBe(303);
+    expect(await afterFailures()).toHaveLength(1);
   });
 
   it("goes back to the path it was started with, and refuses any other origin", async () => {

@@ -5,7 +5,7 @@ import { uuidv7 } from "../../platform/ids.ts";
 import { findTenant } from "../../platform/tenancy/tenants.ts";
 import type { IdentityDeps } from "./deps.ts";
 import type { RememberedDevice } from "./devices.ts";
-import { rememberSignInDevice } from "./sign-in-alerts.ts";
+import { countSuccessfulSignIn, rememberSignInDevice } from "./sign-in-alerts.ts";
 import { ssoBindingHash } from "./sso-binding.ts";
 import { openSsoClient, type SsoClient, ssoRedirectUri } from "./sso-configurations.ts";
 import { domainOfEmail, isVerifiedDomain } from "./sso-domains.ts";
@@ -257,7 +257,9 @@ export async function completeSsoSignIn(
       now,
       requestId,
     });
-    // Like every complete sign-in: the browser becomes a known device (or raises the new-device alert).
+    // Like every complete sign-in: failures before it are counted off (or alerted), and the browser becomes a
+    // known device (or raises the new-device alert).
+    await countSuccessfulSignIn(deps, tx, userId, requestId);
     const device = await rememberSignInDevice(deps, tx, input.deviceToken, { userId, method: "sso", requestId });
     return { kind: "signed-in", userId, tenantId, session, device, returnTo: answered.returnTo };
   });
