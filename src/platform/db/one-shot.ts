@@ -7,11 +7,16 @@ import pg from "pg";
  * with it, committed or rolled back at the Sync. The prefix's own result is dropped.
  */
 
-/** pg's protocol writer, as handed to a query: only the messages sent here for the prefix. */
+/**
+ * pg's connection, as handed to a query: the messages sent here for the prefix, and pg's own record of the
+ * named statements this connection has parsed or sent to be parsed.
+ */
 interface Wire {
-  parse(message: { text: string; types: [] }): void;
-  bind(message: { values: readonly unknown[] }): void;
+  parse(message: { text: string; name: string; types: [] }): void;
+  bind(message: { statement: string; values: readonly unknown[] }): void;
   execute(message: Record<string, never>): void;
+  parsedStatements: Record<string, string>;
+  submittedNamedStatements: Record<string, string>;
 }
 
 /** The protocol hooks pg calls on a query; @types/pg leaves them out. */
@@ -27,14 +32,17 @@ type Callback = (error: Error | undefined, result: pg.QueryResult) => void;
 const BaseQuery = pg.Query as unknown as new (config: pg.QueryConfig, callback: Callback) => pg.Query & QueryHooks;
 
 class PrefixedQuery extends BaseQuery {
-  readonly #prefix: string;
-  readonly #prefixValues: readonly unknown[];
+  readonly #prefix: NamedStatement & { values: readonly unknown[] };
   #prefixDone = false;
 
-  constructor(prefix: string, prefixValues: readonly unknown[], text: string, values: unknown[], callback: Callback) {
+  constructor(
+    prefix: NamedStatement & { values: readonly unknown[] },
+    text: string,
+    values: unknown[],
+    callback: Callback,
+  ) {
     super({ text, values }, callback);
     this.#prefix = prefix;
-    this.#prefixValues = prefixValues;
   }
 
   // Always the extended protocol, even without parameters: the simple one cannot share a Sync.
@@ -43,8 +51,15 @@ class PrefixedQuery extends BaseQuery {
   }
 
   override prepare(connection: Wire): void {
-    connection.parse({ text: this.#prefix, types: [] });
-    connection.bind({ values: this.#prefixValues });
+    const { name, text, values } = this.#prefix;
+    // Parsed once per connection, as pg does for its own named queries (and with the same records, so that a
+    // plain pg query of the same name and text finds it parsed too). A named statement outlives the implicit
+    // transaction even when the statement after it fails, and this text always parses.
+    if (connection.parsedStatements[name] === undefined && connection.submittedNamedStatements[name] === undefined) {
+      connection.parse({ text, name, types: [] });
+      connection.submittedNamedStatements[name] = text;
+    }
+    connection.bind({ statement: name, values });
     connection.execute({});
     super.prepare(connection);
   }
@@ -61,16 +76,25 @@ class PrefixedQuery extends BaseQuery {
   }
 }
 
-/** Runs `prefix` and then `text` on `client` in one round trip and one implicit transaction; the rows of `text`. */
+/** A statement prepared once per connection under its name (the server then skips parsing and planning it). */
+export interface NamedStatement {
+  name: string;
+  text: string;
+}
+
+/**
+ * Runs `prefix` and then `text` on `client` in one round trip and one implicit transaction; the rows of `text`.
+ * The prefix is a named statement, parsed on the connection's first use of it.
+ */
 export function queryWithPrefix<Row>(
   client: pg.ClientBase,
-  prefix: { text: string; values: readonly unknown[] },
+  prefix: NamedStatement & { values: readonly unknown[] },
   text: string,
   values: readonly unknown[],
 ): Promise<Row[]> {
   return new Promise((resolve, reject) => {
     client.query(
-      new PrefixedQuery(prefix.text, prefix.values, text, [...values], (error, result) =>
+      new PrefixedQuery(prefix, text, [...values], (error, result) =>
         error ? reject(error) : resolve(result.rows as Row[]),
       ),
     );

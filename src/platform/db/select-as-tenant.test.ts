@@ -6,7 +6,7 @@ import { uuidv7 } from "../ids.ts";
 import type { Tenant } from "../tenancy/tenants.ts";
 import { createTestTenant } from "../tenancy/testing.ts";
 import { type Database, NestedTransactionError } from "./database.ts";
-import { SETUP_SQL } from "./engines.ts";
+import { SETUP, SETUP_SQL } from "./engines.ts";
 import type { Tx } from "./kysely.ts";
 import { queryWithPrefix } from "./one-shot.ts";
 
@@ -187,7 +187,7 @@ describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))(
     });
 
     const settings = "SELECT tenant_id::text AS tenant, current_user AS role FROM tenant_settings";
-    const asTenant = (tenantId: string) => ({ text: SETUP_SQL, values: [tenantId, "", ""] });
+    const asTenant = (tenantId: string) => ({ ...SETUP, values: [tenantId, "", ""] });
     // Outside a transaction, as the login superuser: no role, no tenant, and row-level security bypassed.
     const session = "SELECT current_user AS role, current_setting('app.tenant_id', true) AS tenant";
 
@@ -203,6 +203,29 @@ describe.each(DATABASE_KINDS.filter((kind) => kind === "postgres"))(
       await expect(queryWithPrefix(client, asTenant(a.id), "SELECT 1 / $1::int", [0])).rejects.toThrow(/division/);
       await expect(queryWithPrefix(client, asTenant(a.id), "SELEC 1", [])).rejects.toThrow(/syntax/);
       expect((await client.query(session)).rows).toEqual([{ role: "postgres", tenant: "" }]);
+    });
+
+    it("prepares the prefix once per connection, under the name pg's own queries of it use", async () => {
+      const fresh = new pg.Client({ connectionString: t.url, pipeline: true } as pg.ClientConfig);
+      await fresh.connect();
+      try {
+        // The first use sends the prefix's Parse with a statement that fails to parse: the prefix stays prepared.
+        await expect(queryWithPrefix(fresh, asTenant(a.id), "SELEC 1", [])).rejects.toThrow(/syntax/);
+        for (const tenant of [a, b, a]) {
+          expect(await queryWithPrefix(fresh, asTenant(tenant.id), settings, [])).toEqual([
+            { tenant: tenant.id, role: "charter_app" },
+          ]);
+        }
+        const prepared = "SELECT name, statement FROM pg_prepared_statements";
+        expect((await fresh.query(prepared)).rows).toEqual([{ name: SETUP.name, statement: SETUP_SQL }]);
+        // pg's own query of that name binds the statement already there instead of preparing it again.
+        await fresh.query("BEGIN");
+        await fresh.query({ ...asTenant(b.id) });
+        expect((await fresh.query(settings)).rows).toEqual([{ tenant: b.id, role: "charter_app" }]);
+        await fresh.query("ROLLBACK");
+      } finally {
+        await fresh.end();
+      }
     });
 
     it("keeps results apart when many are in flight with plain queries between them", async () => {
