@@ -122,11 +122,15 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
     judge: (tx: Tx, policy: SecurityPolicy, grant: Grant) => Promise<PolicyDecision>,
   ): Promise<TenantAccess> {
     const verdict = await db.withTenant({ tenantId }, async (tx) => {
-      const tenant = await findTenant(tx, tenantId);
-      const grant = await member(tx);
+      // Three independent reads, sent together (one round trip on PostgreSQL, which pipelines them).
+      const [tenant, grant, policy] = await Promise.all([
+        findTenant(tx, tenantId),
+        member(tx),
+        loadPolicy(tx, tenantId),
+      ]);
       if (!tenant || tenant.status === "deleted" || !grant || grant.role === "guest") return undefined;
       if (!statusAllows(tenant.status, permission)) return { tenant, grant, policy: undefined };
-      return { tenant, grant, policy: await judge(tx, await loadPolicy(tx, tenantId), grant) };
+      return { tenant, grant, policy: await judge(tx, policy, grant) };
     });
     if (!verdict) return { outcome: "not-member" };
     const { tenant, grant, policy } = verdict;
