@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from "fastify";
 import type { Tx } from "../../platform/db/index.ts";
 import type { AccessControl, TenantAccess } from "../../platform/http/app.ts";
 import type { Grant, Principal } from "../../platform/http/routes.ts";
-import { findTenant } from "../../platform/tenancy/tenants.ts";
+import type { Tenant } from "../../platform/tenancy/tenants.ts";
 import { parseApiKey, type VerifiedApiKey, verifyApiKey } from "./api-keys.ts";
 import { BREAK_GLASS_PERMISSION, BREAK_GLASS_REACHES, openBreakGlass } from "./break-glass.ts";
 import { readCookie, sessionCookieName, setSessionCookie } from "./cookies.ts";
@@ -112,34 +112,26 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
   }
 
   /**
-   * The tenant check of every request, in one transaction of the tenant: its status, the caller's grant, and
-   * its security policy judged by `judge` (A4).
+   * The tenant check of every request, in the kernel's transaction of the tenant (`tx`, with the tenant's
+   * registry row): its status, the caller's grant, and its security policy judged by `judge` (A4).
    */
   async function check(
-    tenantId: string,
+    tx: Tx,
+    tenant: Tenant,
     permission: TenantPermission,
     member: (tx: Tx) => Promise<Grant | undefined>,
     judge: (tx: Tx, policy: SecurityPolicy, grant: Grant) => Promise<PolicyDecision>,
   ): Promise<TenantAccess> {
-    const verdict = await db.withTenant({ tenantId }, async (tx) => {
-      // Three independent reads, sent together (one round trip on PostgreSQL, which pipelines them).
-      const [tenant, grant, policy] = await Promise.all([
-        findTenant(tx, tenantId),
-        member(tx),
-        loadPolicy(tx, tenantId),
-      ]);
-      if (!tenant || tenant.status === "deleted" || !grant || grant.role === "guest") return undefined;
-      if (!statusAllows(tenant.status, permission)) return { tenant, grant, policy: undefined };
-      return { tenant, grant, policy: await judge(tx, policy, grant) };
-    });
-    if (!verdict) return { outcome: "not-member" };
-    const { tenant, grant, policy } = verdict;
-    if (policy === undefined) {
+    // Two independent reads, sent together (one round trip on PostgreSQL, which pipelines them).
+    const [grant, policy] = await Promise.all([member(tx), loadPolicy(tx, tenant.id)]);
+    if (tenant.status === "deleted" || !grant || grant.role === "guest") return { outcome: "not-member" };
+    if (!statusAllows(tenant.status, permission)) {
       return tenant.status === "suspended"
         ? { outcome: "forbidden", slug: "tenant-suspended", detail: "this organization is suspended" }
         : { outcome: "forbidden", slug: "tenant-read-only", detail: "this organization is read-only" };
     }
-    if (policy.outcome === "refused") return { outcome: "forbidden", slug: policy.slug, detail: policy.detail };
+    const decision = await judge(tx, policy, grant);
+    if (decision.outcome === "refused") return { outcome: "forbidden", slug: decision.slug, detail: decision.detail };
     if (!roleAllows(grant.role as MembershipRole, permission)) {
       return { outcome: "forbidden", detail: `your role (${grant.role}) does not allow this` };
     }
@@ -198,7 +190,8 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
       return principal;
     },
 
-    async authorize(principal, tenantId, permission, { requestId }) {
+    async authorize(principal, tenant, permission, { requestId, tx }) {
+      const tenantId = tenant.id;
       if (!isTenantPermission(permission)) {
         return { outcome: "forbidden", detail: "this operation declares a permission that does not exist" };
       }
@@ -207,7 +200,8 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
         const key = principal.key;
         if (!key || principal.tenantId !== tenantId) return { outcome: "not-member" };
         return check(
-          tenantId,
+          tx,
+          tenant,
           permission,
           async () => ({ actorId: key.id, membershipId: key.membershipId, role: key.role }),
           async (_tx, policy) => judgeApiKey(policy, key.kind),
@@ -216,7 +210,8 @@ export function createAccessControl(deps: IdentityDeps): IdentityAccessControl {
       if (!isSessionPrincipal(principal)) return { outcome: "not-member" };
       const userId = principal.userId;
       return check(
-        tenantId,
+        tx,
+        tenant,
         permission,
         async (tx) => {
           const membership = await activeMembership(tx, tenantId, userId);

@@ -50,7 +50,7 @@ function accessDouble() {
       const user = request.headers["x-test-user"];
       return typeof user === "string" ? { kind: user === "operator" ? "operator" : "user", actorId: user } : null;
     },
-    async authorize(principal, tenantId, permission) {
+    async authorize(principal, { id: tenantId }, permission) {
       calls.allows.push(`${principal.actorId}|${tenantId}|${permission}`);
       if (!members.has(`${principal.actorId}|${tenantId}`)) return { outcome: "not-member" };
       if (!grants.has(`${principal.actorId}|${tenantId}|${permission}`)) return { outcome: "forbidden" };

@@ -12,12 +12,12 @@ import {
 import FindMyWay from "find-my-way";
 import type { Config } from "../../config.ts";
 import type { Clock } from "../clock.ts";
-import type { Database } from "../db/index.ts";
+import type { Database, Tx } from "../db/index.ts";
 import { isUuid, uuidv7 } from "../ids.ts";
 import { logOptions } from "../log.ts";
 import type { RateLimiter } from "../ratelimit/limiter.ts";
 import { isFeatureEnabled } from "../tenancy/features.ts";
-import { findTenant } from "../tenancy/tenants.ts";
+import { findTenant, type Tenant } from "../tenancy/tenants.ts";
 import { HttpProblem, type ProblemSlug, problemBody } from "./problem.ts";
 import { type AnyRoute, CONTENT_TYPES, type ContentType, type Grant, isApiPath, type Principal } from "./routes.ts";
 
@@ -38,12 +38,15 @@ export interface AccessControl {
    * key works in its own tenant only). May set headers on `reply` (a rotated session cookie).
    */
   principal(request: FastifyRequest, reply: FastifyReply, tenantId: string | undefined): Promise<Principal | null>;
-  /** Whether the principal holds `permission` in the tenant, checked on every request. */
+  /**
+   * Whether the principal holds `permission` in the tenant, checked on every request, inside the request's
+   * tenant check: `tx` is that tenant's transaction and `tenant` its registry row, both from the kernel.
+   */
   authorize(
     principal: Principal,
-    tenantId: string,
+    tenant: Tenant,
     permission: string,
-    context: { requestId: string },
+    context: { requestId: string; tx: Tx },
   ): Promise<TenantAccess>;
 }
 
@@ -351,18 +354,29 @@ function registerRoute(
   const notFound = (request: FastifyRequest) =>
     new HttpProblem("not-found", `no resource at ${request.url.split("?")[0]}`);
 
-  async function tenantFromPath(request: FastifyRequest): Promise<string> {
+  /**
+   * The tenant of the path, in one transaction of that tenant: its registry row (a platform table) and the
+   * route's feature switch, then `then` with both (the access check, on tenant routes). Unknown tenants and
+   * switched-off features are not found.
+   */
+  async function inPathTenant<T>(
+    request: FastifyRequest,
+    then: (tx: Tx, tenant: Tenant) => Promise<T>,
+  ): Promise<{ tenantId: string; result: T }> {
     const tenantId = pathTenantId(request) ?? "";
     if (!isUuid(tenantId)) throw new HttpProblem("not-found", "no such tenant");
     const feature = route.feature;
-    // One tenant transaction answers both: the registry row (a platform table) and the feature switch.
-    const { exists, on } = await deps.db.withTenant({ tenantId }, async (tx) => ({
-      exists: (await findTenant(tx, tenantId)) !== undefined,
-      on: feature === undefined || (await isFeatureEnabled(tx, tenantId, feature)),
-    }));
-    if (!exists) throw new HttpProblem("not-found", "no such tenant");
-    if (!on) throw notFound(request);
-    return tenantId;
+    const result = await deps.db.withTenant({ tenantId }, async (tx) => {
+      // Sent together: one round trip on PostgreSQL.
+      const [tenant, on] = await Promise.all([
+        findTenant(tx, tenantId),
+        feature === undefined || isFeatureEnabled(tx, tenantId, feature),
+      ]);
+      if (!tenant) throw new HttpProblem("not-found", "no such tenant");
+      if (!on) throw notFound(request);
+      return then(tx, tenant);
+    });
+    return { tenantId, result };
   }
 
   const pathTenantId = (request: FastifyRequest) => (request.params as { tenantId?: string }).tenantId;
@@ -372,7 +386,7 @@ function registerRoute(
     const permission = route.permission;
     if (permission.kind === "public") return;
     if (permission.kind === "public-tenant") {
-      const tenantId = await tenantFromPath(request);
+      const { tenantId } = await inPathTenant(request, async () => undefined);
       if (!(await permission.credential.verify(request, tenantId))) {
         throw new HttpProblem("unauthenticated", `a valid ${permission.credential.name} is required`);
       }
@@ -388,8 +402,9 @@ function registerRoute(
       if (principal.kind !== "operator") throw new HttpProblem("forbidden", "this operation is for operators only");
       return;
     }
-    const tenantId = await tenantFromPath(request);
-    const decision = await access.authorize(principal, tenantId, permission.permission, { requestId: request.id });
+    const { tenantId, result: decision } = await inPathTenant(request, (tx, tenant) =>
+      access.authorize(principal, tenant, permission.permission, { requestId: request.id, tx }),
+    );
     if (decision.outcome === "not-member") throw new HttpProblem("not-found", "no such tenant");
     if (decision.outcome === "forbidden") throw new HttpProblem(decision.slug ?? "forbidden", decision.detail);
     // A record the caller may not see is reported as absent, so its existence does not leak.
