@@ -20,6 +20,7 @@ import {
   samplePaths,
   type VariantKey,
 } from "./tenant-reads.ts";
+import { runTenantRequestsBench } from "./tenant-requests.ts";
 
 /**
  * `npm run bench [-- tenant-reads|audit …]`: the named benchmarks, all of them when none is named.
@@ -27,6 +28,8 @@ import {
  * tenant-reads: tenant reads under row-level security, through selectAsTenant (c) and through withTenant
  * (b), against the same query run bare as a superuser (a), measured in turn in one run on each database,
  * with the ratios (c)/(a) (the target) and (b)/(a).
+ * tenant-requests: an authenticated tenant route beside a route that needs only a session, through the identity
+ * module, on PostgreSQL (bench/tenant-requests.ts).
  * audit: audit log appends and verification on PostgreSQL, beside their baselines (bench/audit.ts).
  * See bench/README.md.
  * Knobs: BENCH_SECONDS, BENCH_ROUNDS, BENCH_WARMUP_SECONDS, BENCH_CONNECTIONS, BENCH_POOL_SIZE,
@@ -270,7 +273,22 @@ function audit(): Promise<string> {
   });
 }
 
-const BENCHMARKS: Record<string, () => Promise<string>> = { "tenant-reads": tenantReads, audit };
+function tenantRequests(): Promise<string> {
+  if (settings.databases === "pglite")
+    return Promise.resolve("tenant requests: skipped, it runs on PostgreSQL only (BENCH_DB=pglite)");
+  return runTenantRequestsBench({
+    adminUrl: settings.adminUrl,
+    rounds: settings.rounds,
+    seconds: settings.seconds,
+    concurrency: settings.connections,
+  });
+}
+
+const BENCHMARKS: Record<string, () => Promise<string>> = {
+  "tenant-reads": tenantReads,
+  "tenant-requests": tenantRequests,
+  audit,
+};
 
 async function main(): Promise<void> {
   const names = process.argv.slice(2);
