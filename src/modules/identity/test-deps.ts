@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { RateLimitConfig } from "../../config.ts";
 import { createTestAudit } from "../../platform/audit/testing.ts";
 import type { Clock } from "../../platform/clock.ts";
 import { blindIndex, normaliseEmail } from "../../platform/crypto/blind-index.ts";
@@ -127,8 +128,14 @@ export async function createTestUser(
 /** Which routes a test app serves, from the identity module's: all of them unless a test picks or adds. */
 export type TestRoutes = (identity: Identity) => AnyRoute[];
 
-/** The kernel with the identity module's routes and access control, on the deps' clock and rate limiter. */
-export function buildIdentityTestApp(deps: IdentityDeps, options: { routes?: TestRoutes } = {}): Promise<TestApp> {
+/**
+ * The kernel with the identity module's routes and access control, on the deps' clock and rate limiter;
+ * `rateLimit` changes the configured request limits (a benchmark lifts the per-address one).
+ */
+export function buildIdentityTestApp(
+  deps: IdentityDeps,
+  options: { routes?: TestRoutes; rateLimit?: Partial<RateLimitConfig> } = {},
+): Promise<TestApp> {
   const identity = createIdentity(deps);
   return buildTestApp({
     db: deps.db,
@@ -136,6 +143,7 @@ export function buildIdentityTestApp(deps: IdentityDeps, options: { routes?: Tes
     rateLimiter: deps.rateLimiter,
     routes: options.routes ? options.routes(identity) : identity.routes,
     accessControl: identity.accessControl,
+    ...(options.rateLimit ? { rateLimit: options.rateLimit } : {}),
   });
 }
 
