@@ -25,7 +25,7 @@ import {
 import type { Database } from "../src/platform/db/index.ts";
 import { uuidv7 } from "../src/platform/ids.ts";
 import { createTenant } from "../src/platform/tenancy/tenants.ts";
-import { backendsCpu, backendsCpuSince, fmt, median, table } from "./harness.ts";
+import { type CpuSample, fmt, measureCpu, median, table } from "./harness.ts";
 
 /**
  * Audit log throughput on PostgreSQL (issue 4 item 6): appends through audit.recordMany and audit.record
@@ -172,25 +172,13 @@ async function appendBatch(db: Database, audit: Audit, v: VariantKey, tenantId: 
   });
 }
 
-interface Sample {
-  events: number;
-  seconds: number;
-  /** CPU µs per event in this process, and in the PostgreSQL backends (null when not measurable). */
-  nodeCpu: number;
-  dbCpu: number | null;
-}
+/** A measured run of `events` events (CpuSample's count). */
+type Sample = Omit<CpuSample, "count"> & { events: number };
 
 /** Runs `work` (which returns how many events it handled) and measures its time and CPU. */
 async function measured(serving: BenchServing, work: () => Promise<number>): Promise<Sample> {
-  const dbBefore = await backendsCpu(serving);
-  const nodeBefore = process.cpuUsage();
-  const start = performance.now();
-  const events = await work();
-  const seconds = (performance.now() - start) / 1000;
-  const node = process.cpuUsage(nodeBefore);
-  const db = backendsCpuSince(dbBefore, await backendsCpu(serving));
-  const per = Math.max(1, events);
-  return { events, seconds, nodeCpu: (node.user + node.system) / per, dbCpu: db === null ? null : db / per };
+  const { count, ...rest } = await measureCpu(serving, work);
+  return { events: count, ...rest };
 }
 
 /**

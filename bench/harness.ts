@@ -176,10 +176,32 @@ export async function backendsCpu(serving: BenchServing): Promise<Record<number,
 }
 
 /** CPU µs the backends used between two readings; one that went away in between was idle (pools close only idle ones). */
-export function backendsCpuSince(
+function backendsCpuSince(
   before: Record<number, number> | null,
   after: Record<number, number> | null,
 ): number | null {
   if (before === null || after === null) return null;
   return Object.entries(after).reduce((sum, [pid, t]) => sum + t - (before[Number(pid)] ?? 0), 0);
+}
+
+/** What `measureCpu` found: how many operations `work` did, in how long, and their CPU cost each. */
+export interface CpuSample {
+  count: number;
+  seconds: number;
+  /** CPU µs per operation in this process, and in the PostgreSQL backends (null when not measurable). */
+  nodeCpu: number;
+  dbCpu: number | null;
+}
+
+/** Runs `work` (which returns how many operations it did) and measures its time and CPU. */
+export async function measureCpu(serving: BenchServing, work: () => Promise<number>): Promise<CpuSample> {
+  const dbBefore = await backendsCpu(serving);
+  const nodeBefore = process.cpuUsage();
+  const start = performance.now();
+  const count = await work();
+  const seconds = (performance.now() - start) / 1000;
+  const node = process.cpuUsage(nodeBefore);
+  const db = backendsCpuSince(dbBefore, await backendsCpu(serving));
+  const per = Math.max(1, count);
+  return { count, seconds, nodeCpu: (node.user + node.system) / per, dbCpu: db === null ? null : db / per };
 }

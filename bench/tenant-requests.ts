@@ -9,14 +9,13 @@ import {
 } from "../src/modules/identity/test-deps.ts";
 import { systemClock } from "../src/platform/clock.ts";
 import {
-  type BenchServing,
   createBenchDatabase,
   dropBenchDatabase,
   openBenchServing,
   postgresReachable,
 } from "../src/platform/db/bench-support.ts";
 import { createTestTenant } from "../src/platform/tenancy/testing.ts";
-import { backendsCpu, backendsCpuSince, fmt, median, table } from "./harness.ts";
+import { type CpuSample, fmt, measureCpu, median, table } from "./harness.ts";
 
 /**
  * Authenticated requests on PostgreSQL, through the real identity module (session cookie, access control,
@@ -39,13 +38,6 @@ const DATABASE = "charter_bench_requests";
 const VARIANTS = { session: "(a) session route", tenant: "(b) tenant route" } as const;
 type Variant = keyof typeof VARIANTS;
 
-interface Sample {
-  requests: number;
-  seconds: number;
-  nodeCpu: number;
-  dbCpu: number | null;
-}
-
 /** Keeps `concurrency` requests in flight for `seconds`; counts those answered 200, fails on any other answer. */
 async function drive(send: () => Promise<number>, seconds: number, concurrency: number): Promise<number> {
   const until = performance.now() + seconds * 1000;
@@ -59,18 +51,6 @@ async function drive(send: () => Promise<number>, seconds: number, concurrency: 
   };
   await Promise.all(Array.from({ length: concurrency }, loop));
   return done;
-}
-
-async function measured(serving: BenchServing, work: () => Promise<number>): Promise<Sample> {
-  const dbBefore = await backendsCpu(serving);
-  const nodeBefore = process.cpuUsage();
-  const start = performance.now();
-  const requests = await work();
-  const seconds = (performance.now() - start) / 1000;
-  const node = process.cpuUsage(nodeBefore);
-  const db = backendsCpuSince(dbBefore, await backendsCpu(serving));
-  const per = Math.max(1, requests);
-  return { requests, seconds, nodeCpu: (node.user + node.system) / per, dbCpu: db === null ? null : db / per };
 }
 
 export async function runTenantRequestsBench(s: TenantRequestsSettings): Promise<string> {
@@ -99,14 +79,14 @@ export async function runTenantRequestsBench(s: TenantRequestsSettings): Promise
 
     const loadBefore = loadavg()[0] ?? 0;
     const keys = Object.keys(VARIANTS) as Variant[];
-    const results: Record<Variant, Sample[]> = { session: [], tenant: [] };
+    const results: Record<Variant, CpuSample[]> = { session: [], tenant: [] };
     for (const v of keys) await drive(send(v), 1, s.concurrency);
     for (let round = 0; round < s.rounds; round++) {
       for (const v of round % 2 === 0 ? keys : [...keys].reverse()) {
-        results[v].push(await measured(serving, () => drive(send(v), s.seconds, s.concurrency)));
+        results[v].push(await measureCpu(serving, () => drive(send(v), s.seconds, s.concurrency)));
       }
     }
-    const rate = (x: Sample) => x.requests / x.seconds;
+    const rate = (x: CpuSample) => x.count / x.seconds;
     const rows = keys.map((v) => {
       const samples = results[v];
       const db = samples.map((x) => x.dbCpu);
@@ -118,7 +98,7 @@ export async function runTenantRequestsBench(s: TenantRequestsSettings): Promise
         db.includes(null) ? "-" : median(db as number[]).toFixed(0),
       ];
     });
-    const perRound = results.tenant.map((x, i) => rate(x) / rate(results.session[i] as Sample));
+    const perRound = results.tenant.map((x, i) => rate(x) / rate(results.session[i] as CpuSample));
     return [
       `tenant requests (PostgreSQL, inject, ${s.concurrency} in flight) — ${s.rounds} rounds × ${s.seconds} s per variant, ` +
         `order alternating; 1-minute load average ${loadBefore.toFixed(1)} before, ${(loadavg()[0] ?? 0).toFixed(1)} after`,
