@@ -176,10 +176,7 @@ export async function backendsCpu(serving: BenchServing): Promise<Record<number,
 }
 
 /** CPU µs the backends used between two readings; one that went away in between was idle (pools close only idle ones). */
-function backendsCpuSince(
-  before: Record<number, number> | null,
-  after: Record<number, number> | null,
-): number | null {
+function backendsCpuSince(before: Record<number, number> | null, after: Record<number, number> | null): number | null {
   if (before === null || after === null) return null;
   return Object.entries(after).reduce((sum, [pid, t]) => sum + t - (before[Number(pid)] ?? 0), 0);
 }
