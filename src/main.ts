@@ -242,9 +242,9 @@ keysCommands(program, runMaintenance, () => {
   return {
     masterKey: () => userError(() => loadMasterKey(cfg.masterKey, paths)),
     newKey: (path) => userError(() => newMasterKeyFile(path, paths)),
-    deps: (db) => {
+    deps: (db, masterKey) => {
       // The audit event of the rotation names no one: a key ring over the old key is all it could need.
-      const keyRing = createKeyRing({ db, masterKey: loadMasterKey(cfg.masterKey, paths), clock: systemClock });
+      const keyRing = createKeyRing({ db, masterKey, clock: systemClock });
       return {
         db,
         clock: systemClock,

@@ -48,7 +48,8 @@ export interface KeysCliAccess {
   masterKey(): MasterKey;
   /** The key to rotate to, from `--new-key-file` (created when the file does not exist). */
   newKey(path: string): { key: MasterKey; created: boolean };
-  deps(db: Database): MasterKeyRotationDeps;
+  /** What the rotation needs beside the keys, on `db`; `from` is the key masterKey() loaded. */
+  deps(db: Database, from: MasterKey): MasterKeyRotationDeps;
   /** Runs a command inside the server of this data directory; undefined when no server answers. */
   callServer(name: string): Promise<CommandResult | undefined>;
 }
@@ -79,6 +80,6 @@ export function keysCommands(program: Command, run: RunMaintenance, access: () =
       const path = resolve(options.newKeyFile);
       const from = cli.masterKey();
       const next = { ...cli.newKey(path), path };
-      await run("keys-rotate-master", {}, (db) => runRotateMasterKey(cli.deps(db), from, next));
+      await run("keys-rotate-master", {}, (db) => runRotateMasterKey(cli.deps(db, from), from, next));
     });
 }

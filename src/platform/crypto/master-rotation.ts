@@ -84,28 +84,35 @@ export function unfinishedRotation(tx: Tx) {
     .executeTakeFirst();
 }
 
+type OpenRotation = NonNullable<Awaited<ReturnType<typeof unfinishedRotation>>>;
+
+/** An unfinished rotation, and how to finish it: run it again with its two keys. */
+const unfinishedText = (open: OpenRotation) =>
+  `a master key rotation from ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: stop every ` +
+  `server and run charter keys rotate-master again with master key ${open.from_fingerprint} configured and ` +
+  `--new-key-file holding ${open.to_fingerprint}`;
+
+/** The completed rotation away from the master key of `fingerprint`, if there was one. */
+function rotationAwayFrom(tx: Tx, fingerprint: string) {
+  return tx
+    .selectFrom("master_key_rotations")
+    .select(["to_fingerprint", "completed_at"])
+    .where("from_fingerprint", "=", fingerprint)
+    .where("completed_at", "is not", null)
+    .executeTakeFirst();
+}
+
 /**
  * Start-up's check, before the key ring opens a key: no rotation is unfinished, and the loaded master key was
  * not rotated away from (then the message names the key to configure instead). That every key is wrapped by
  * the loaded key is the key ring's own check, on each key it opens.
  */
 export async function checkMasterKeyRotations(db: Database, loaded: MasterKey): Promise<void> {
-  const { open, replaced } = await db.withPlatform(async (tx) => ({
-    open: await unfinishedRotation(tx),
-    replaced: await tx
-      .selectFrom("master_key_rotations")
-      .select(["to_fingerprint", "completed_at"])
-      .where("from_fingerprint", "=", loaded.fingerprint)
-      .where("completed_at", "is not", null)
-      .executeTakeFirst(),
-  }));
-  if (open) {
-    throw new MasterKeyRotationError(
-      `a master key rotation from ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: stop every ` +
-        `server and run charter keys rotate-master again with master key ${open.from_fingerprint} configured and ` +
-        `--new-key-file holding ${open.to_fingerprint}`,
-    );
-  }
+  // Both reads in one flight: start-up waits for them.
+  const [open, replaced] = await db.withPlatform((tx) =>
+    Promise.all([unfinishedRotation(tx), rotationAwayFrom(tx, loaded.fingerprint)]),
+  );
+  if (open) throw new MasterKeyRotationError(unfinishedText(open));
   if (replaced) {
     throw new MasterKeyRotationError(
       `master key ${loaded.fingerprint} was rotated to ${replaced.to_fingerprint} on ` +
@@ -126,10 +133,7 @@ export async function masterKeyWrapsEverything(
   return db.withSnapshot(async (snapshot) => {
     const open = await unfinishedRotation(snapshot.tx);
     if (open) {
-      return {
-        ok: false,
-        evidence: `a rotation from master key ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: run charter keys rotate-master again`,
-      };
+      return { ok: false, evidence: unfinishedText(open) };
     }
     const fingerprints = new Map<string, number>();
     const count = (rows: { master_key_fingerprint: string }[]) => {
@@ -279,10 +283,7 @@ export async function rotateMasterKey(
     const open = await unfinishedRotation(tx);
     if (open) {
       if (open.from_fingerprint !== from.fingerprint || open.to_fingerprint !== to.fingerprint) {
-        throw new MasterKeyRotationError(
-          `a rotation from master key ${open.from_fingerprint} to ${open.to_fingerprint} is unfinished: run this ` +
-            `command with master key ${open.from_fingerprint} configured and --new-key-file holding ${open.to_fingerprint}`,
-        );
+        throw new MasterKeyRotationError(unfinishedText(open));
       }
       report.resumed = true;
       return open;
@@ -290,11 +291,7 @@ export async function rotateMasterKey(
     if (from.fingerprint === to.fingerprint) {
       throw new MasterKeyRotationError(`the new master key is the one in use (${to.fingerprint}): give a new key`);
     }
-    const retired = await tx
-      .selectFrom("master_key_rotations")
-      .select("completed_at")
-      .where("from_fingerprint", "=", to.fingerprint)
-      .executeTakeFirst();
+    const retired = await rotationAwayFrom(tx, to.fingerprint);
     if (retired) {
       throw new MasterKeyRotationError(
         `master key ${to.fingerprint} was rotated away from on ${retired.completed_at?.toISOString()}: give a new key`,
